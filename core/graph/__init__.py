@@ -1,0 +1,1 @@
+"""Graph rewrites on ONNX models (normalisation before quantization, equalization)."""

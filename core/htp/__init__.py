@@ -1,0 +1,1 @@
+"""Qualcomm HTP through onnxruntime-qnn: offline preparation and the emulator."""

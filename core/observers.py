@@ -1,0 +1,165 @@
+"""Streaming, mergeable statistics of a tensor's values.
+
+A :class:`TensorStats` holds a bounded state whatever the number of samples: count, min, max, the
+number of non-finite values seen, and a histogram of ``BINS`` bins.  The histogram lies on a canonical
+grid -- bin width a power of two, bin edges at integer multiples of the width -- chosen from (min, max)
+alone, so a histogram re-binned onto a coarser grid is exact, and merging the statistics of two halves
+of a data set gives exactly the statistics of the whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BINS = 2048
+# Bin widths never go below this fraction of the largest magnitude seen, so bin indices fit in int64
+# even for a constant tensor.
+_MIN_RELATIVE_WIDTH_EXP = -40
+_MIN_WIDTH_EXP = -126
+
+
+def _width_exponent(lo: float, hi: float, bins: int) -> int:
+    """Smallest exponent e such that [lo, hi] spans fewer than ``bins`` bins of width 2**e."""
+    mag = max(abs(lo), abs(hi))
+    e = _MIN_WIDTH_EXP
+    if mag > 0:
+        e = max(e, math.frexp(mag)[1] + _MIN_RELATIVE_WIDTH_EXP)
+    span = hi - lo
+    if span > 0:
+        e = max(e, math.frexp(span / bins)[1] - 1)
+    while math.floor(hi / 2.0**e) - math.floor(lo / 2.0**e) >= bins:
+        e += 1
+    return e
+
+
+@dataclass
+class TensorStats:
+    """Statistics of one tensor (or one channel of it) over every sample observed so far."""
+
+    count: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    nonfinite: int = 0
+    bins: int = BINS
+    width_exp: int = 0  # bin width is 2**width_exp
+    first_bin: int = 0  # index of the first bin on the grid: its left edge is first_bin * width
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    # ---- building ------------------------------------------------------------------------------
+    @classmethod
+    def of(cls, values: np.ndarray, bins: int = BINS) -> TensorStats:
+        stats = cls(bins=bins)
+        stats.observe(values)
+        return stats
+
+    @property
+    def width(self) -> float:
+        return 2.0**self.width_exp
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
+
+    def observe(self, values: np.ndarray) -> None:
+        """Add a batch of values (any shape, any float or integer dtype)."""
+        x = np.asarray(values)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        x = x.ravel()
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        self._regrid(min(self.min, lo), max(self.max, hi))
+        # x / width is exact (power-of-two scaling), so bin membership does not depend on batching.
+        idx = np.floor(x / self.width).astype(np.int64) - self.first_bin
+        self.hist += np.bincount(idx, minlength=self.bins)
+        self.count += int(x.size)
+
+    def _regrid(self, lo: float, hi: float) -> None:
+        """Move the histogram onto the canonical grid for [lo, hi] (never finer than the current one)."""
+        e = _width_exponent(lo, hi, self.bins)
+        if self.count:
+            e = max(e, self.width_exp)
+        first = math.floor(lo / 2.0**e)
+        if self.count and e == self.width_exp and first == self.first_bin:
+            self.min, self.max = lo, hi
+            return
+        hist = np.zeros(self.bins, dtype=np.int64)
+        if self.count:
+            shift = e - self.width_exp
+            old_first = self.first_bin
+            old_idx = np.nonzero(self.hist)[0]
+            new_idx = ((old_idx + old_first) >> shift) - first
+            np.add.at(hist, new_idx, self.hist[old_idx])
+        self.hist, self.width_exp, self.first_bin = hist, e, first
+        self.min, self.max = lo, hi
+
+    def merge(self, other: TensorStats) -> TensorStats:
+        """Statistics of both data sets together (neither input is changed)."""
+        if other.bins != self.bins:
+            raise ValueError("cannot merge statistics with different bin counts")
+        out = TensorStats(bins=self.bins)
+        for part in (self, other):
+            out.nonfinite += part.nonfinite
+        parts = [p for p in (self, other) if p.count]
+        if not parts:
+            return out
+        lo = min(p.min for p in parts)
+        hi = max(p.max for p in parts)
+        e = max([_width_exponent(lo, hi, self.bins)] + [p.width_exp for p in parts])
+        first = math.floor(lo / 2.0**e)
+        hist = np.zeros(self.bins, dtype=np.int64)
+        for p in parts:
+            idx = np.nonzero(p.hist)[0]
+            np.add.at(hist, ((idx + p.first_bin) >> (e - p.width_exp)) - first, p.hist[idx])
+        out.count = sum(p.count for p in parts)
+        out.min, out.max = lo, hi
+        out.width_exp, out.first_bin, out.hist = e, first, hist
+        return out
+
+    # ---- reading -------------------------------------------------------------------------------
+    def edges(self) -> np.ndarray:
+        """Bin edges (``bins + 1`` values)."""
+        return (self.first_bin + np.arange(self.bins + 1, dtype=np.float64)) * self.width
+
+    def centers(self) -> np.ndarray:
+        return (self.first_bin + np.arange(self.bins, dtype=np.float64) + 0.5) * self.width
+
+    def occupied(self) -> tuple[np.ndarray, np.ndarray]:
+        """(centers, counts) of the non-empty bins, with the outermost centers clamped to min/max."""
+        idx = np.nonzero(self.hist)[0]
+        centers = np.clip((self.first_bin + idx + 0.5) * self.width, self.min, self.max)
+        return centers, self.hist[idx].astype(np.float64)
+
+    def to_dict(self) -> dict:
+        idx = np.nonzero(self.hist)[0]
+        return {
+            "count": self.count,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+            "nonfinite": self.nonfinite,
+            "bins": self.bins,
+            "width_exp": self.width_exp,
+            "first_bin": self.first_bin,
+            "hist": {"index": idx.tolist(), "count": self.hist[idx].tolist()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorStats:
+        s = cls(bins=d["bins"], count=d["count"], nonfinite=d["nonfinite"])
+        if s.count:
+            s.min, s.max = float(d["min"]), float(d["max"])
+            s.width_exp, s.first_bin = d["width_exp"], d["first_bin"]
+            s.hist = np.zeros(s.bins, dtype=np.int64)
+            s.hist[np.asarray(d["hist"]["index"], dtype=np.int64)] = d["hist"]["count"]
+        return s

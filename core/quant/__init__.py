@@ -1,0 +1,1 @@
+"""The quantization engine: calibration, encodings, QDQ export."""

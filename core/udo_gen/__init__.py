@@ -1,0 +1,1 @@
+"""UDO package generation from the SDK's config format."""

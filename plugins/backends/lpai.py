@@ -1,0 +1,20 @@
+"""The LPAI backend and the quantization it supports."""
+
+from opendlc.hookspecs import hookimpl
+from opendlc.targets import Backend
+
+
+@hookimpl
+def register_backends() -> list[Backend]:
+    return [
+        Backend(
+            name="LPAI",
+            description="Low-power AI (eNPU) backend: fixed-point 4/8-bit weights, 8/16-bit activations",
+            weight_bitwidths=(4, 8),
+            activation_bitwidths=(8, 16),
+            bias_bitwidths=(8, 32),
+            per_channel=True,
+            per_row=False,
+            float16=False,
+        )
+    ]
