@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import onnx
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     """When an algorithm runs."""
 
     BEFORE_CALIBRATION = "before-calibration"  # rewrites the float graph

@@ -115,7 +115,9 @@ def _serialize_model(model: onnx.ModelProto) -> list[tuple[str, bytes]]:
     with tempfile.TemporaryDirectory() as d:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        external_data_helper.convert_model_to_external_data(copy, all_tensors_to_one_file=True, location=MODEL_DATA)
+        external_data_helper.convert_model_to_external_data(
+            copy, all_tensors_to_one_file=True, location=MODEL_DATA
+        )
         onnx.save_model(copy, os.path.join(d, MODEL))
         return [(MODEL, Path(d, MODEL).read_bytes()), (MODEL_DATA, Path(d, MODEL_DATA).read_bytes())]
 
@@ -256,7 +258,9 @@ def parameter_summary(model: onnx.ModelProto) -> tuple[int, int]:
     """(number of parameter values, bytes) in initializers and Constant nodes."""
     count = nbytes = 0
     tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    tensors += [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
     for t in tensors:
         n = int(np.prod(t.dims)) if t.dims else 1
         count += n

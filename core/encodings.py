@@ -120,7 +120,9 @@ class EncodingSet:
         raise UsageError(f"unknown AIMET encodings version '{version}' (known: 0.6.1, 1.0.0)")
 
     @classmethod
-    def from_aimet(cls, data: dict[str, Any], *, source: str = "overrides", where: str = "encodings") -> EncodingSet:
+    def from_aimet(
+        cls, data: dict[str, Any], *, source: str = "overrides", where: str = "encodings"
+    ) -> EncodingSet:
         """Read an AIMET/QAIRT encodings file (0.6.1 dict form or 1.0.0 list form)."""
         if not isinstance(data, dict):
             raise UsageError(f"{where}: not a JSON object")
@@ -207,8 +209,15 @@ def _truthy(v: Any) -> bool:
     return v is True or (isinstance(v, str) and v.strip().lower() == "true")
 
 
-def _make_encoding(bw: int, scale: float | None, offset: float | None, lo: float | None, hi: float | None,
-                   symmetric: bool, where: str) -> Encoding:
+def _make_encoding(
+    bw: int,
+    scale: float | None,
+    offset: float | None,
+    lo: float | None,
+    hi: float | None,
+    symmetric: bool,
+    where: str,
+) -> Encoding:
     steps = 2**bw - 1
     if scale is None:
         if lo is None or hi is None:
@@ -235,8 +244,17 @@ def _from_aimet061(name: str, kind: Kind, entries: list[Any], source: str, where
     encs = []
     for e in entries:
         bw = _bitwidth(e, "bitwidth", where)
-        encs.append(_make_encoding(bw, _num(e, "scale", where), _num(e, "offset", where), _num(e, "min", where),
-                                   _num(e, "max", where), _truthy(e.get("is_symmetric", False)), where))
+        encs.append(
+            _make_encoding(
+                bw,
+                _num(e, "scale", where),
+                _num(e, "offset", where),
+                _num(e, "min", where),
+                _num(e, "max", where),
+                _truthy(e.get("is_symmetric", False)),
+                where,
+            )
+        )
     return TensorEncoding(name, kind, encs, None, "int", None, source)
 
 
@@ -249,11 +267,18 @@ def _from_aimet100(entry: Any, kind: Kind, source: str, where: str) -> TensorEnc
     bw = _bitwidth(entry, "bw", where)
     scales = entry.get("scale")
     offsets = entry.get("offset", [0] * len(scales or []))
-    if not isinstance(scales, list) or not isinstance(offsets, list) or len(scales) != len(offsets) or not scales:
+    if (
+        not isinstance(scales, list)
+        or not isinstance(offsets, list)
+        or len(scales) != len(offsets)
+        or not scales
+    ):
         raise UsageError(f"{where}: 'scale' and 'offset' must be lists of the same non-zero length")
     sym = _truthy(entry.get("is_sym", False))
-    encs = [_make_encoding(bw, _num({"s": s}, "s", where), _num({"o": o}, "o", where), None, None, sym, where)
-            for s, o in zip(scales, offsets, strict=True)]
+    encs = [
+        _make_encoding(bw, _num({"s": s}, "s", where), _num({"o": o}, "o", where), None, None, sym, where)
+        for s, o in zip(scales, offsets, strict=True)
+    ]
     per_channel = str(entry.get("enc_type", "PER_TENSOR")).upper() == "PER_CHANNEL"
     return TensorEncoding(name, kind, encs, 0 if per_channel else None, "int", None, source)
 

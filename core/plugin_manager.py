@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -213,5 +213,3 @@ def reset_plugin_manager() -> None:
     """Forget the loaded plugins (tests that change what is installed or ``OPENDLC_LOAD_PLUGINS``)."""
     global _manager
     _manager = None
-
-

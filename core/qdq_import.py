@@ -37,14 +37,22 @@ def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def _encodings(scale: np.ndarray, zp: np.ndarray | None, zp_type: int) -> list[Encoding]:
     bits, signed = _BITS.get(zp_type, (8, False))
     scales = np.atleast_1d(scale).astype(np.float64)
-    zps = np.zeros_like(scales, dtype=np.int64) if zp is None else np.broadcast_to(np.atleast_1d(zp), scales.shape)
+    zps = (
+        np.zeros_like(scales, dtype=np.int64)
+        if zp is None
+        else np.broadcast_to(np.atleast_1d(zp), scales.shape)
+    )
     out = []
     for s, z in zip(scales, zps, strict=True):
         qmin = -(2 ** (bits - 1)) if signed else 0
         qmax = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
         offset = -int(z)
         sym = signed and int(z) == 0
-        out.append(Encoding(bits, float(s), offset, (qmin + offset) * float(s), (qmax + offset) * float(s), sym, signed))
+        out.append(
+            Encoding(
+                bits, float(s), offset, (qmin + offset) * float(s), (qmax + offset) * float(s), sym, signed
+            )
+        )
     return out
 
 
@@ -97,7 +105,13 @@ def extract_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, EncodingSet]:
         per_channel = scale.size > 1
         encodings.add(
             TensorEncoding(
-                float_name, kind, _encodings(scale, zp, zp_type), axis if per_channel else None, "int", None, "qdq"
+                float_name,
+                kind,
+                _encodings(scale, zp, zp_type),
+                axis if per_channel else None,
+                "int",
+                None,
+                "qdq",
             )
         )
 

@@ -43,7 +43,9 @@ class Encoding:
     def quantize_dequantize(self, x):  # numpy in, numpy out
         import numpy as np
 
-        q = np.clip(np.round(np.asarray(x, dtype=np.float64) / self.scale) - self.offset, self.qmin, self.qmax)
+        q = np.clip(
+            np.round(np.asarray(x, dtype=np.float64) / self.scale) - self.offset, self.qmin, self.qmax
+        )
         return ((q + self.offset) * self.scale).astype(np.float32)
 
 
@@ -55,7 +57,9 @@ class QuantizationSchema(ABC):
     symmetric: bool
 
     @abstractmethod
-    def encode(self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None) -> Encoding:
+    def encode(
+        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> Encoding:
         """The encoding of range [lo, hi] at ``bitwidth``.
 
         ``steps`` (from ``--restrict_quantization_steps``) gives the (qmin, qmax) integer range to use

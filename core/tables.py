@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from typing import Any
-
-import shutil
 
 from rich.console import Console
 from rich.markup import escape

@@ -34,8 +34,9 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def root(
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                     help="Show the version and exit."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ) -> None:
         """Quantize, prepare for Qualcomm HTP, and package user-defined ops -- without the SDK."""
 

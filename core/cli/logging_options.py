@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from opendlc.errors import UsageError
 
 LOGGER = "opendlc"
@@ -29,11 +28,20 @@ logging.addLevelName(DEBUG3, "DEBUG3")
 
 # --log-mask level names (the SDK's, with plain ones as aliases)
 MASK_LEVELS = {
-    "USER_ERROR": logging.ERROR, "ERROR": logging.ERROR, "FATAL": logging.CRITICAL,
-    "USER_WARNING": logging.WARNING, "WARNING": logging.WARNING, "WARN": logging.WARNING,
-    "USER_INFO": logging.INFO, "INFO": logging.INFO,
-    "USER_VERBOSE": VERBOSE, "VERBOSE": VERBOSE,
-    "DEBUG": logging.DEBUG, "DEBUG1": logging.DEBUG, "DEBUG2": DEBUG2, "DEBUG3": DEBUG3,
+    "USER_ERROR": logging.ERROR,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.CRITICAL,
+    "USER_WARNING": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "WARN": logging.WARNING,
+    "USER_INFO": logging.INFO,
+    "INFO": logging.INFO,
+    "USER_VERBOSE": VERBOSE,
+    "VERBOSE": VERBOSE,
+    "DEBUG": logging.DEBUG,
+    "DEBUG1": logging.DEBUG,
+    "DEBUG2": DEBUG2,
+    "DEBUG3": DEBUG3,
 }
 _DEBUG_LEVELS = {1: logging.DEBUG, 2: DEBUG2, 3: DEBUG3}
 
@@ -129,13 +137,17 @@ class _MaskFilter(logging.Filter):
 
 
 def log_file_path(settings: LogSettings, prog: str) -> Path | None:
-    wanted = settings.log_file or settings.log_dir or settings.log_file_include_hostname or settings.debug_level()
+    wanted = (
+        settings.log_file or settings.log_dir or settings.log_file_include_hostname or settings.debug_level()
+    )
     if not wanted:
         return None
     name = Path(settings.log_file or f"{prog}.log")
     if settings.log_file_include_hostname:
         name = name.with_name(f"{name.stem}_{socket.gethostname()}{name.suffix or '.log'}")
-    folder = Path(settings.log_dir) if settings.log_dir else (name.parent if name.parent != Path() else Path("."))
+    folder = (
+        Path(settings.log_dir) if settings.log_dir else (name.parent if name.parent != Path() else Path("."))
+    )
     return folder / name.name
 
 
@@ -150,8 +162,13 @@ def configure_logging(settings: LogSettings, prog: str) -> None:
     logger.setLevel(1)
     logger.propagate = False
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter(f"{prog}: %(message)s" if level >= logging.INFO else
-                                           f"{prog}: %(levelname)s %(name)s: %(message)s"))
+    console.setFormatter(
+        logging.Formatter(
+            f"{prog}: %(message)s"
+            if level >= logging.INFO
+            else f"{prog}: %(levelname)s %(name)s: %(message)s"
+        )
+    )
     console.addFilter(_MaskFilter(rules, level))
     logger.addHandler(console)
     path = log_file_path(settings, prog)
@@ -167,8 +184,13 @@ def configure_logging(settings: LogSettings, prog: str) -> None:
 
 
 _FLAGS = {
-    "--verbose": "verbose", "--quiet": "quiet", "--silent": "silent", "--debug1": "debug1",
-    "--debug2": "debug2", "--debug3": "debug3", "--log-file-include-hostname": "log_file_include_hostname",
+    "--verbose": "verbose",
+    "--quiet": "quiet",
+    "--silent": "silent",
+    "--debug1": "debug1",
+    "--debug2": "debug2",
+    "--debug3": "debug3",
+    "--log-file-include-hostname": "log_file_include_hostname",
 }
 _VALUED = {"--log-mask": "log_mask", "--log-file": "log_file", "--log-dir": "log_dir"}
 

@@ -44,6 +44,8 @@ def run(invoke: Callable[[list[str]], object], prog: str, argv: list[str]) -> in
         if debug_enabled():  # a bug of ours: still one line, the traceback with --debug
             traceback.print_exc()
         logging.getLogger("opendlc").debug("internal error", exc_info=True)
-        print(f"{prog}: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1

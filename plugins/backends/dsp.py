@@ -16,6 +16,8 @@ def register_backends() -> list[Backend]:
             per_channel=True,
             per_row=False,
             float16=False,
-            unsupported_mixes={(8, 16): '8-bit weights with 16-bit activations are only supported by HTA on the DSP runtime'},
+            unsupported_mixes={
+                (8, 16): "8-bit weights with 16-bit activations are only supported by HTA on the DSP runtime"
+            },
         )
     ]

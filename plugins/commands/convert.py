@@ -19,7 +19,9 @@ log = logging.getLogger("opendlc.convert")
 
 
 def convert_model(
-    model_path: Path, output: Path | None = None, overrides_path: Path | None = None,
+    model_path: Path,
+    output: Path | None = None,
+    overrides_path: Path | None = None,
     input_dims: dict[str, list[int]] | None = None,
 ) -> Path:
     """Import ``model_path`` (ONNX, or a container) into a container; return where it was written."""
@@ -39,13 +41,22 @@ def convert_model(
         known = _tensor_names(model)
         unknown = [n for n in from_file.tensors if n not in known]
         if unknown:
-            log.warning("%s: %d encodings name tensors the model does not have: %s", overrides_path,
-                        len(unknown), ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+            log.warning(
+                "%s: %d encodings name tensors the model does not have: %s",
+                overrides_path,
+                len(unknown),
+                ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
+            )
         overrides = from_file if overrides is None else _merged(overrides, from_file)
         log.info("imported %d encodings from %s", len(from_file), overrides_path)
     dlc.check_model(model, str(model_path))
-    out = dlc.Container(model=model, encodings=source.encodings, overrides=overrides, records=source.records,
-                        meta={**source.meta, "source": model_path.name})
+    out = dlc.Container(
+        model=model,
+        encodings=source.encodings,
+        overrides=overrides,
+        records=source.records,
+        meta={**source.meta, "source": model_path.name},
+    )
     out.write(output)
     return output
 
@@ -80,7 +91,9 @@ def convert(
     model: Path = typer.Argument(..., help="The ONNX model (or an opendlc container) to import."),
     output: Path = typer.Option(None, "--output_path", "-o", help="Container to write (default: MODEL.dlc)."),
     quantization_overrides: Path = typer.Option(
-        None, "--quantization_overrides", help="AIMET/QAIRT encodings file (0.6.1 or 1.0.0) to store as overrides."
+        None,
+        "--quantization_overrides",
+        help="AIMET/QAIRT encodings file (0.6.1 or 1.0.0) to store as overrides.",
     ),
     input_dim: list[str] = typer.Option(
         [], "--input_dim", "-d", help="Pin an input's shape: 'NAME 1,3,224,224' (repeatable)."

@@ -47,11 +47,16 @@ def info(
         typer.echo(json.dumps(d, indent=2))
         return
     console.print(f"[bold]{model}[/bold]  graph '{d['graph']}'  opsets {d['opsets']}")
-    print_table("Inputs", ["name", "shape", "dtype"], [(i["name"], i["shape"], i["dtype"]) for i in d["inputs"]])
-    print_table("Outputs", ["name", "shape", "dtype"], [(o["name"], o["shape"], o["dtype"]) for o in d["outputs"]])
+    print_table(
+        "Inputs", ["name", "shape", "dtype"], [(i["name"], i["shape"], i["dtype"]) for i in d["inputs"]]
+    )
+    print_table(
+        "Outputs", ["name", "shape", "dtype"], [(o["name"], o["shape"], o["dtype"]) for o in d["outputs"]]
+    )
     print_table("Ops", ["op type", "count"], list(d["op_counts"].items()) + [("total", d["nodes"])])
     print_table(
-        "Summary", ["what", "value"],
+        "Summary",
+        ["what", "value"],
         [
             ("parameters", f"{d['parameters']:,}"),
             ("parameter bytes", f"{d['parameter_bytes']:,}"),
@@ -63,9 +68,12 @@ def info(
     )
     if d["records"]:
         print_table(
-            "Cache records", ["id", "SoC", "soc_model", "arch", "VTCM MB", "bytes"],
-            [(r["id"], r.get("soc"), r.get("soc_model"), r.get("arch"), r.get("vtcm_mb"), r["bytes"])
-             for r in d["records"]],
+            "Cache records",
+            ["id", "SoC", "soc_model", "arch", "VTCM MB", "bytes"],
+            [
+                (r["id"], r.get("soc"), r.get("soc_model"), r.get("arch"), r.get("vtcm_mb"), r["bytes"])
+                for r in d["records"]
+            ],
         )
 
 

@@ -39,8 +39,15 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
         out = {
             "plugins": [p.__dict__ for p in pm.plugins.values()],
             "registered": {
-                title: [{"name": p.item.name, "details": _details(p.item), "plugin": p.plugin,
-                         "distribution": p.distribution} for p in provided]
+                title: [
+                    {
+                        "name": p.item.name,
+                        "details": _details(p.item),
+                        "plugin": p.plugin,
+                        "distribution": p.distribution,
+                    }
+                    for p in provided
+                ]
                 for title, provided in kinds.items()
             },
         }
@@ -49,11 +56,17 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
     print_table(
         "Loaded plugins",
         ["plugin", "module", "distribution", "version"],
-        [(p.name, p.module, p.distribution, p.version) for p in sorted(pm.plugins.values(), key=lambda p: p.name)],
+        [
+            (p.name, p.module, p.distribution, p.version)
+            for p in sorted(pm.plugins.values(), key=lambda p: p.name)
+        ],
     )
     for title, provided in kinds.items():
-        print_table(title, ["name", "details", "plugin", "distribution"],
-                    [(p.item.name, _details(p.item), p.plugin, p.distribution) for p in provided])
+        print_table(
+            title,
+            ["name", "details", "plugin", "distribution"],
+            [(p.item.name, _details(p.item), p.plugin, p.distribution) for p in provided],
+        )
     console.print(f"Set {LOAD_PLUGINS_ENV}=name,name,... to load only the named plugins.")
 
 

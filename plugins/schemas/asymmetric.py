@@ -13,7 +13,9 @@ class Asymmetric(QuantizationSchema):
     description = "unsigned integers over [min, max] including zero; offset = round(min / scale)"
     symmetric = False
 
-    def encode(self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None) -> Encoding:
+    def encode(
+        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> Encoding:
         lo, hi = sanitize_range(lo, hi)
         qmax = 2**bitwidth - 1
         # float32 arithmetic, as the runtimes (and onnxruntime's quantizer) compute it

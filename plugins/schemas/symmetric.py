@@ -24,7 +24,9 @@ class Symmetric(QuantizationSchema):
     description = "signed integers, offset 0; scale = max(|min|, |max|) / (2^(b-1) - 1)"
     symmetric = True
 
-    def encode(self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None) -> Encoding:
+    def encode(
+        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> Encoding:
         return symmetric_encoding(lo, hi, bitwidth, steps)
 
 

@@ -12,7 +12,9 @@ class UnsignedSymmetric(QuantizationSchema):
     description = "non-negative data: unsigned integers over [0, max], offset 0; otherwise symmetric"
     symmetric = True
 
-    def encode(self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None) -> Encoding:
+    def encode(
+        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> Encoding:
         lo, hi = sanitize_range(lo, hi)
         if lo < 0:
             return symmetric_encoding(lo, hi, bitwidth, steps)
