@@ -197,7 +197,8 @@ def _load_zip(path: Path, *, check: bool) -> Container:
         version = manifest.get("format_version")
         if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
             raise ContainerError(
-                f"{path}: unknown container format version {version!r} (this opendlc reads 1..{FORMAT_VERSION})"
+                f"{path}: unknown container format version {version!r} "
+                f"(this opendlc reads 1..{FORMAT_VERSION})"
             )
         listed = manifest.get("members", {})
         if MODEL not in listed or MODEL not in names:

@@ -9,7 +9,7 @@ def register_backends() -> list[Backend]:
     return [
         Backend(
             name="HTA",
-            description="Hexagon Tensor Accelerator: fixed-point 8-bit, 8-bit weights with 16-bit activations",
+            description="Hexagon Tensor Accelerator: fixed-point 8-bit weights, 8/16-bit activations",
             weight_bitwidths=(8,),
             activation_bitwidths=(8, 16),
             bias_bitwidths=(8, 32),
