@@ -43,7 +43,7 @@ class TensorStats:
     min: float = math.inf
     max: float = -math.inf
     nonfinite: int = 0
-    bins: int = BINS
+    bins: int = BINS  # 0: track count/min/max only (methods that read no histogram)
     width_exp: int = 0  # bin width is 2**width_exp
     first_bin: int = 0  # index of the first bin on the grid: its left edge is first_bin * width
     hist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -79,6 +79,10 @@ class TensorStats:
             if x.size == 0:
                 return
             lo, hi = float(x.min()), float(x.max())
+        if not self.bins:
+            self.min, self.max = min(self.min, lo), max(self.max, hi)
+            self.count += int(x.size)
+            return
         self._regrid(min(self.min, lo), max(self.max, hi))
         # x / width is exact (power-of-two scaling), so bin membership does not depend on batching.
         idx = np.floor(x / self.width).astype(np.int64) - self.first_bin
@@ -114,6 +118,10 @@ class TensorStats:
         parts = [p for p in (self, other) if p.count]
         if not parts:
             return out
+        if not self.bins:
+            out.count = sum(p.count for p in parts)
+            out.min, out.max = min(p.min for p in parts), max(p.max for p in parts)
+            return out
         lo = min(p.min for p in parts)
         hi = max(p.max for p in parts)
         e = max([_width_exponent(lo, hi, self.bins)] + [p.width_exp for p in parts])
@@ -128,6 +136,10 @@ class TensorStats:
         return out
 
     # ---- reading -------------------------------------------------------------------------------
+    @property
+    def has_histogram(self) -> bool:
+        return self.bins > 0 and self.count > 0
+
     def edges(self) -> np.ndarray:
         """Bin edges (``bins + 1`` values)."""
         return (self.first_bin + np.arange(self.bins + 1, dtype=np.float64)) * self.width
@@ -142,7 +154,7 @@ class TensorStats:
         return centers, self.hist[idx].astype(np.float64)
 
     def to_dict(self) -> dict:
-        idx = np.nonzero(self.hist)[0]
+        idx = np.nonzero(self.hist)[0] if self.hist.size else np.zeros(0, dtype=np.int64)
         return {
             "count": self.count,
             "min": self.min if self.count else None,
@@ -159,6 +171,7 @@ class TensorStats:
         s = cls(bins=d["bins"], count=d["count"], nonfinite=d["nonfinite"])
         if s.count:
             s.min, s.max = float(d["min"]), float(d["max"])
+        if s.count and s.bins:
             s.width_exp, s.first_bin = d["width_exp"], d["first_bin"]
             s.hist = np.zeros(s.bins, dtype=np.int64)
             s.hist[np.asarray(d["hist"]["index"], dtype=np.int64)] = d["hist"]["count"]
