@@ -1,14 +1,54 @@
-"""The public quantization API (see docs/quantization.md)."""
+"""The public quantization API (see docs/quantization.md).
+
+``quantize`` runs the pipeline: normalise the float graph -> algorithms before calibration -> plan which
+tensors carry encodings -> stream the calibration samples through observers -> calibration method chooses
+ranges -> schema makes scale/offset -> backend constraints -> stored overrides -> algorithms after
+calibration.  Each stage is a public function of its own module, so it can be used alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Mapping, Sized
+from typing import Any
 
 import numpy as np
+import onnx
 
+from opendlc.algorithms import Phase
 from opendlc.container import Container
-from opendlc.errors import NotAvailableError
+from opendlc.encodings import EncodingSet, TensorEncoding
+from opendlc.errors import UsageError
+from opendlc.plugin_manager import get_plugin_manager
+from opendlc.quant.calibrate import collect_statistics, float_activation_names, with_outputs
+from opendlc.quant.encode import Quantizers, activation_encodings, parameter_encodings
 from opendlc.quant.options import QuantizerOptions
+from opendlc.quant.plan import QuantPlan, make_plan
+from opendlc.quant.propagate import propagate
+
+log = logging.getLogger("opendlc.quant")
+
+
+def normalize_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str], list[str]]:
+    """The graph as the backend runs it (constants folded, BN folded, activations fused)."""
+    from opendlc.graph.normalize import normalize
+
+    n = normalize(model)
+    return n.model, set(n.no_encoding), list(n.report)
+
+
+def check_target(options: QuantizerOptions) -> None:
+    pm = get_plugin_manager()
+    backend = pm.backends.get(options.target_backend)
+    problem = backend.check_bitwidths(options.weights_bitwidth, options.act_bitwidth, options.bias_bitwidth)
+    if problem:
+        raise UsageError(problem)
+    if options.use_per_channel_quantization and not backend.per_channel:
+        raise UsageError(f"{backend.name} does not support per-channel quantization")
+    if options.use_per_row_quantization and not backend.per_row:
+        raise UsageError(f"{backend.name} does not support per-row quantization")
+    if options.target_soc_model:
+        pm.socs.get(options.target_soc_model)
 
 
 def quantize(
@@ -26,4 +66,145 @@ def quantize(
     then come from the stored overrides).  ``extra_outputs`` names tensors the user asked to be graph
     outputs (the ``#``/``%`` lines of an input list).
     """
-    raise NotAvailableError("the quantization engine is being written")  # replaced by the engine
+    options.validate()
+    if samples is None and not options.enable_float_fallback:
+        raise UsageError(
+            "quantization needs calibration inputs (--input_list) unless --enable_float_fallback"
+        )
+    if samples is not None and options.enable_float_fallback:
+        raise UsageError("--enable_float_fallback takes no --input_list: encodings come from the overrides")
+    pm = get_plugin_manager()
+    check_target(options)
+    q = Quantizers.resolve(options, pm)
+    algorithms = [pm.algorithms.get(name) for name in options.apply_algorithms]
+    udo = [*options.udo_package_path, *options.op_package_lib]
+
+    model = with_outputs(container.model, extra_outputs) if extra_outputs else container.model
+    model, no_encoding, report = normalize_model(model)
+    for line in report:
+        log.log(15, "normalise: %s", line)
+    context: dict[str, Any] = {"options": options}
+    for alg in algorithms:
+        if alg.phase == Phase.BEFORE_CALIBRATION:
+            log.info("applying %s", alg.name)
+            model = alg.apply(model, context)
+
+    plan = make_plan(model, float_activation_names(model, udo_packages=udo), no_encoding)
+    overrides = None if options.ignore_quantization_overrides else container.overrides
+    encodings = EncodingSet()
+    n_samples = 0
+    if samples is None:
+        _float_fallback(model, plan, q, overrides or EncodingSet(), encodings)
+    else:
+        total = len(samples) if isinstance(samples, Sized) else None
+        counted = _counting(samples)
+        stats = collect_statistics(
+            model,
+            counted,
+            plan.activations,
+            histograms=q.act_method.needs_histogram,
+            total=total,
+            udo_packages=udo,
+            progress=progress,
+        )
+        n_samples = counted.count  # type: ignore[attr-defined]
+        acts = activation_encodings(stats, q)
+        for enc in acts.values():
+            encodings.add(enc)
+        pm.backends.get(options.target_backend).constrain_encodings(model, encodings)
+        acts = {n: encodings[n] for n in plan.activations}
+        for enc in parameter_encodings(plan, q, acts).values():
+            encodings.add(enc)
+        if overrides is not None:
+            _apply_overrides(encodings, overrides, plan)
+
+    for alg in algorithms:
+        if alg.phase == Phase.AFTER_CALIBRATION:
+            log.info("applying %s", alg.name)
+            model = alg.apply(model, {**context, "encodings": encodings})
+
+    encodings.meta = {
+        "quantizer": options.to_dict(),
+        "samples": n_samples,
+        "normalization": report,
+        "preserve_io_datatype": options.preserve_io_datatype,
+    }
+    log.info(
+        "%d activation and %d parameter encodings",
+        len(encodings.of_kind("activation")),
+        len(encodings.of_kind("param")),
+    )
+    return Container(
+        model=model,
+        encodings=encodings,
+        overrides=container.overrides,
+        meta={**container.meta, "quantized_from": str(container.path) if container.path else None},
+    )
+
+
+class _counting:
+    """Iterates samples while counting them."""
+
+    def __init__(self, it: Iterable[Mapping[str, np.ndarray]]) -> None:
+        self._it, self.count = it, 0
+
+    def __iter__(self):
+        for s in self._it:
+            self.count += 1
+            yield s
+
+
+def _apply_overrides(encodings: EncodingSet, overrides: EncodingSet, plan: QuantPlan) -> None:
+    known = set(plan.activations) | set(plan.params)
+    unknown = [n for n in overrides.tensors if n not in known]
+    if unknown:
+        log.warning(
+            "%d override encodings name tensors the quantized graph does not have (ignored): %s",
+            len(unknown),
+            ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
+        )
+    for name, enc in overrides.tensors.items():
+        if name in known:
+            kind = "param" if name in plan.params else "activation"
+            encodings.add(
+                TensorEncoding(
+                    name, kind, list(enc.encodings), enc.axis, enc.dtype, enc.float_bitwidth, "overrides"
+                )
+            )
+
+
+def _float_fallback(
+    model: onnx.ModelProto, plan: QuantPlan, q: Quantizers, overrides: EncodingSet, encodings: EncodingSet
+) -> None:
+    """Encodings only from the overrides; gaps filled across data movement, the rest runs in float."""
+    if not overrides.tensors:
+        raise UsageError(
+            "--enable_float_fallback needs stored encodings (convert with --quantization_overrides "
+            "or a model with QDQ pairs)"
+        )
+    _apply_overrides(encodings, overrides, plan)
+    added = propagate(model, encodings, plan.activations)
+    log.info("float fallback: %d encodings propagated across data-movement ops", added)
+    fb = q.options.float_bitwidth
+    still = [a for a in plan.activations if a not in encodings]
+    for name in still:
+        encodings.add(TensorEncoding(name, "activation", [], None, "float", fb, "fallback"))
+    if still:
+        log.info("float fallback: %d activations run in float%d", len(still), fb)
+    # parameters of ops whose output stays float stay float too, unless --keep_weights_quantized
+    float_ops = {
+        n.name
+        for n in model.graph.node
+        if n.output and n.output[0] in encodings and encodings[n.output[0]].dtype == "float"
+    }
+    acts = {n: encodings[n] for n in plan.activations}
+    computed = parameter_encodings(plan, q, acts)
+    fbb = q.options.float_bias_bitwidth or fb
+    for name, use in plan.params.items():
+        if name in encodings:
+            continue
+        if use.node in float_ops and not (q.options.keep_weights_quantized and use.role == "weight"):
+            bits = fbb if use.role == "bias" else fb
+            encodings.add(TensorEncoding(name, "param", [], None, "float", bits, "fallback"))
+        else:
+            encodings.add(computed[name])

@@ -1,13 +1,88 @@
-"""The HTP backend and the quantization it supports."""
+"""The HTP backend: what it supports, and the encodings its runtime needs.
 
+Constraints (from QNN HTP's operator definitions, as onnxruntime's QNN quantization helpers apply them):
+- Sigmoid and Softmax outputs use the fixed range [0, 1) (scale 2^-b, offset 0), Tanh [-1, 1)
+  (scale 2^-(b-1), offset -2^(b-1));
+- data-movement ops (Reshape, Transpose, MaxPool, Slice, ...) keep their input's encoding, and a Concat's
+  private inputs share its output encoding, so nothing is requantized inside them;
+- per-channel weights are symmetric (signed, offset 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import onnx
+
+from opendlc.encodings import EncodingSet
 from opendlc.hookspecs import hookimpl
+from opendlc.quant.constraints import (
+    fixed_output,
+    share_concat_encoding,
+    share_input_encoding,
+    symmetric_per_channel_weights,
+)
+from opendlc.schemas import Encoding
 from opendlc.targets import Backend
+
+log = logging.getLogger("opendlc.backend.htp")
+
+SHARED = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "MaxPool",
+        "GlobalMaxPool",
+        "Slice",
+        "Gather",
+        "Split",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Pad",
+        "Tile",
+        "Expand",
+    }
+)
+
+
+def _unit_interval(bw: int) -> Encoding:
+    scale = 2.0**-bw
+    return Encoding(bw, scale, 0, 0.0, (2**bw - 1) * scale, False, False)
+
+
+def _signed_unit_interval(bw: int) -> Encoding:
+    scale = 2.0 ** -(bw - 1)
+    offset = -(2 ** (bw - 1))
+    return Encoding(bw, scale, offset, -1.0, (2**bw - 1 + offset) * scale, False, False)
+
+
+FIXED = {"Sigmoid": _unit_interval, "Softmax": _unit_interval, "Tanh": _signed_unit_interval}
+
+
+class HtpBackend(Backend):
+    def constrain_encodings(self, model: onnx.ModelProto, encodings: Any) -> Any:
+        assert isinstance(encodings, EncodingSet)
+        counts = {
+            "fixed output": fixed_output(model, encodings, FIXED),
+            "shared across data movement": share_input_encoding(model, encodings, SHARED),
+            "shared across Concat": share_concat_encoding(model, encodings),
+            "per-channel weights made symmetric": symmetric_per_channel_weights(encodings),
+        }
+        for what, n in counts.items():
+            if n:
+                log.info("HTP constraints: %d encodings %s", n, what)
+        return encodings
 
 
 @hookimpl
 def register_backends() -> list[Backend]:
     return [
-        Backend(
+        HtpBackend(
             name="HTP",
             description="Hexagon Tensor Processor (QNN HTP): fixed-point 8/16-bit, float16",
             weight_bitwidths=(4, 8, 16),

@@ -1,0 +1,57 @@
+"""Progress bars for long work (on stderr, so outputs stay clean)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+_stderr = Console(stderr=True)
+
+
+def _enabled() -> bool:
+    # --quiet / --silent silence progress too
+    return (
+        logging.getLogger("opendlc").getEffectiveLevel() <= logging.INFO
+        or not logging.getLogger("opendlc").handlers
+    )
+
+
+def track(
+    items: Iterable[T],
+    description: str,
+    *,
+    total: int | None = None,
+    unit: str = "samples",
+    enabled: bool = True,
+) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar showing count and rate (``unit``/s)."""
+    if not enabled or not _enabled():
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.speed:.1f} " + unit + "/s" if True else ""),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=_stderr, transient=False, refresh_per_second=4) as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
