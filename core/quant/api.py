@@ -21,7 +21,7 @@ from opendlc.encodings import EncodingSet, TensorEncoding
 from opendlc.errors import UsageError
 from opendlc.plugin_manager import get_plugin_manager
 from opendlc.quant.calibrate import collect_statistics, float_activation_names, with_outputs
-from opendlc.quant.encode import Quantizers, activation_encodings, parameter_encodings
+from opendlc.quant.encode import Quantizers, activation_encodings, bias_encodings, parameter_encodings
 from opendlc.quant.options import QuantizerOptions
 from opendlc.quant.plan import QuantPlan, make_plan
 from opendlc.quant.propagate import propagate
@@ -108,15 +108,12 @@ def quantize(
             progress=progress,
         )
         n_samples = counted.count  # type: ignore[attr-defined]
-        acts = activation_encodings(stats, q)
-        for enc in acts.values():
+        for enc in [*activation_encodings(stats, q).values(), *parameter_encodings(plan, q).values()]:
             encodings.add(enc)
         pm.backends.get(options.target_backend).constrain_encodings(model, encodings)
-        acts = {n: encodings[n] for n in plan.activations}
-        for enc in parameter_encodings(plan, q, acts).values():
-            encodings.add(enc)
         if overrides is not None:
             _apply_overrides(encodings, overrides, plan)
+        bias_encodings(plan, q, encodings)  # last: they follow the final input and weight scales
 
     for alg in algorithms:
         if alg.phase == Phase.AFTER_CALIBRATION:
@@ -197,8 +194,7 @@ def _float_fallback(
         for n in model.graph.node
         if n.output and n.output[0] in encodings and encodings[n.output[0]].dtype == "float"
     }
-    acts = {n: encodings[n] for n in plan.activations}
-    computed = parameter_encodings(plan, q, acts)
+    computed = parameter_encodings(plan, q)
     fbb = q.options.float_bias_bitwidth or fb
     for name, use in plan.params.items():
         if name in encodings:
@@ -206,5 +202,6 @@ def _float_fallback(
         if use.node in float_ops and not (q.options.keep_weights_quantized and use.role == "weight"):
             bits = fbb if use.role == "bias" else fb
             encodings.add(TensorEncoding(name, "param", [], None, "float", bits, "fallback"))
-        else:
+        elif name in computed:
             encodings.add(computed[name])
+    bias_encodings(plan, q, encodings)

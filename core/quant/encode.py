@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from opendlc.calibration import CalibrationMethod, CalibrationOptions
-from opendlc.encodings import TensorEncoding
+from opendlc.encodings import EncodingSet, TensorEncoding
 from opendlc.observers import BINS, TensorStats
 from opendlc.plugin_manager import PluginManager
 from opendlc.quant.options import QuantizerOptions
@@ -186,23 +186,26 @@ def bias_encoding(
     ), weight
 
 
-def parameter_encodings(
-    plan: QuantPlan, q: Quantizers, acts: dict[str, TensorEncoding]
-) -> dict[str, TensorEncoding]:
+def parameter_encodings(plan: QuantPlan, q: Quantizers) -> dict[str, TensorEncoding]:
+    """Encodings of weights and other constants, from their values (biases come later: they depend on
+    the final input and weight encodings)."""
     out: dict[str, TensorEncoding] = {}
-    biases = []
     for name, use in plan.params.items():
-        values = plan.values[name]
         if use.role == "weight":
-            out[name] = weight_encoding(use, values, q)
-        elif use.role == "bias":
-            biases.append(use)
-        else:
-            out[name] = other_param_encoding(use, values, q)
-    for use in biases:
-        weight = out.get(use.weight) if use.weight else None
-        act = acts.get(use.input_activation) if use.input_activation else None
-        out[use.name], new_weight = bias_encoding(use, plan.values[use.name], q, act, weight)
-        if new_weight is not None and use.weight:
-            out[use.weight] = new_weight
+            out[name] = weight_encoding(use, plan.values[name], q)
+        elif use.role == "other":
+            out[name] = other_param_encoding(use, plan.values[name], q)
     return out
+
+
+def bias_encodings(plan: QuantPlan, q: Quantizers, encodings: EncodingSet) -> None:
+    """Add bias encodings to ``encodings`` (32-bit biases: input scale x weight scale)."""
+    for use in plan.params.values():
+        if use.role != "bias" or use.name in encodings:
+            continue
+        weight = encodings[use.weight] if use.weight in encodings else None
+        act = encodings[use.input_activation] if use.input_activation in encodings else None
+        bias, new_weight = bias_encoding(use, plan.values[use.name], q, act, weight)
+        encodings.add(bias)
+        if new_weight is not None and new_weight is not weight:
+            encodings.add(new_weight)

@@ -1,0 +1,162 @@
+"""The quantization engine: statistics, encodings, constraints, overrides, fallback, QDQ export."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnx import numpy_helper
+from realmodels import sqnr_db
+from tinymodels import conv_net, samples
+
+from opendlc import container as dlc
+from opendlc.encodings import EncodingSet, TensorEncoding
+from opendlc.observers import TensorStats
+from opendlc.quant.api import quantize
+from opendlc.quant.export import to_qdq_model
+from opendlc.quant.options import QuantizerOptions
+from opendlc.schemas import Encoding
+
+
+def run(model: onnx.ModelProto, feeds: list[dict]) -> list[np.ndarray]:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [s.run(None, f)[0] for f in feeds]
+
+
+@pytest.fixture
+def net(tmp_path):
+    path = tmp_path / "net.onnx"
+    onnx.save(conv_net(), path)
+    return dlc.load(path)
+
+
+def test_statistics_of_halves_merge_into_the_whole():
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=500) * s + o for s, o in [(0.1, 0), (2, 1), (0.01, -3), (7, 0), (1, 10)]]
+    whole = TensorStats()
+    for b in batches:
+        whole.observe(b)
+    first, second = TensorStats(), TensorStats()
+    for b in batches[:2]:
+        first.observe(b)
+    for b in batches[2:]:
+        second.observe(b)
+    merged = first.merge(second)
+    assert (merged.count, merged.min, merged.max) == (whole.count, whole.min, whole.max)
+    assert merged.width_exp == whole.width_exp and merged.first_bin == whole.first_bin
+    assert np.array_equal(merged.hist, whole.hist)
+    # bounded state: the histogram never grows with the data
+    assert merged.hist.size == whole.hist.size == TensorStats().bins
+
+
+def test_min_max_asymmetric_8bit_equals_onnxruntime_minmax(tmp_path, net):
+    """Our min-max asymmetric 8-bit activation encodings equal ONNX Runtime's MinMax QUInt8 ones."""
+    data = samples(8)
+    path = tmp_path / "net.onnx"
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(data)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(path), str(tmp_path / "ort.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    ort_model = onnx.load(tmp_path / "ort.onnx")
+    consts = {t.name: numpy_helper.to_array(t) for t in ort_model.graph.initializer}
+    theirs = {n.input[0]: (float(consts[n.input[1]]), int(consts[n.input[2]]))
+              for n in ort_model.graph.node if n.op_type == "QuantizeLinear"}
+    # CPU target: no HTP operator constraints, so every range is the calibrated one
+    ours = quantize(net, data, QuantizerOptions(target_backend="CPU"), progress=False).encodings
+    common = [n for n in theirs if n in ours]
+    assert len(common) >= 5
+    for name in common:
+        scale, zp = theirs[name]
+        enc = ours[name].encodings[0]
+        assert enc.bitwidth == 8 and not enc.signed
+        assert abs(enc.scale - scale) <= 1e-6 * scale, name
+        assert -enc.offset == zp, name
+
+
+def test_qdq_export_simulates_the_quantized_model(net):
+    data, held = samples(16), samples(4, seed=9)
+    q = quantize(net, data, QuantizerOptions(), progress=False)
+    ref = run(net.model, held)
+    for bits in (8, 16):
+        q = quantize(net, data, QuantizerOptions(act_bitwidth=bits), progress=False)
+        out = run(to_qdq_model(q), held)
+        assert sqnr_db(np.concatenate(ref), np.concatenate(out)) > (25 if bits == 8 else 40)
+    qdq = to_qdq_model(q)
+    assert {n.op_type for n in qdq.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_per_channel_weights_bias32_and_htp_constraints(net):
+    q = quantize(net, samples(8), QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=32),
+                 progress=False)
+    enc = q.encodings
+    w1 = enc["w1"]
+    assert len(w1.encodings) == 4 and w1.axis == 0
+    assert all(e.is_symmetric and e.offset == 0 for e in w1.encodings)  # HTP: symmetric per-channel
+    b1 = enc["b1"]
+    s_in = enc["x"].encodings[0].scale
+    assert [e.bitwidth for e in b1.encodings] == [32] * 4
+    assert np.allclose([e.scale for e in b1.encodings], [s_in * e.scale for e in w1.encodings], rtol=1e-12)
+    # Sigmoid output fixed to [0, 1); Reshape shares its input's encoding
+    s = enc["s"].encodings[0]
+    assert (s.scale, s.offset) == (2.0**-8, 0)
+    assert enc["y"].encodings == enc["m"].encodings
+
+
+def test_schemas_and_bitwidths_reach_the_encodings(net):
+    data = samples(4)
+    q = quantize(net, data, QuantizerOptions(act_bitwidth=16, weights_bitwidth=4, act_quantizer_schema="symmetric",
+                                             param_quantizer_schema="symmetric"), progress=False).encodings
+    assert q["c1"].encodings[0].bitwidth == 16 and q["c1"].encodings[0].offset == 0
+    assert q["w2"].encodings[0].bitwidth == 4 and q["w2"].encodings[0].signed
+    steps = quantize(net, data, QuantizerOptions(param_quantizer_schema="symmetric",
+                                                 restrict_quantization_steps=(-0x80, 0x7F)),
+                     progress=False).encodings["w2"].encodings[0]
+    assert steps.min == pytest.approx(-128 * steps.scale) and steps.max == pytest.approx(127 * steps.scale)
+
+
+def test_degenerate_data_warns_and_never_makes_nan(tmp_path, net, caplog):
+    data = samples(3)
+    data[1]["x"][0, 0, 0, 0] = np.nan
+    data[2]["x"][0, 0, 0, 1] = np.inf
+    zeros = [{"x": np.zeros((1, 3, 8, 8), np.float32)}]
+    with caplog.at_level(logging.WARNING, logger="opendlc"):
+        q = quantize(net, data, QuantizerOptions(), progress=False)
+        z = quantize(net, zeros, QuantizerOptions(), progress=False)
+    assert "NaN/Inf" in caplog.text and "'x'" in caplog.text
+    assert "constant" in caplog.text
+    for es in (q.encodings, z.encodings):
+        for t in es.tensors.values():
+            for e in t.encodings:
+                assert np.isfinite(e.scale) and e.scale > 0 and np.isfinite(e.min) and np.isfinite(e.max)
+
+
+def test_overrides_win_unless_ignored(net):
+    forced = Encoding(8, 0.5, -10, -5.0, 122.5)
+    net.overrides = EncodingSet({"c1": TensorEncoding("c1", "activation", [forced], source="overrides")})
+    data = samples(4)
+    assert quantize(net, data, QuantizerOptions(), progress=False).encodings["c1"].encodings == [forced]
+    ignored = quantize(net, data, QuantizerOptions(ignore_quantization_overrides=True), progress=False)
+    assert ignored.encodings["c1"].encodings != [forced]
+
+
+def test_float_fallback_propagates_and_leaves_the_rest_float(net):
+    enc = Encoding(8, 0.1, -128, -12.8, 12.7)
+    net.overrides = EncodingSet({"m": TensorEncoding("m", "activation", [enc], source="overrides")})
+    q = quantize(net, None, QuantizerOptions(enable_float_fallback=True, float_bitwidth=16), progress=False)
+    e = q.encodings
+    assert e["y"].encodings == [enc] and e["y"].source == "propagated"  # across the Reshape
+    assert e["c1"].dtype == "float" and e["c1"].float_bitwidth == 16
+    run(to_qdq_model(q), samples(1))  # the fp16 simulation runs
+    with pytest.raises(Exception, match="input_list"):
+        quantize(net, samples(1), QuantizerOptions(enable_float_fallback=True), progress=False)

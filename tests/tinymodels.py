@@ -1,0 +1,50 @@
+"""Small ONNX models the tests build."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.5) -> onnx.TensorProto:
+    return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
+
+
+def conv_net(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """x[1,3,8,8] -> Conv+Relu -> Conv (+ a side Conv) -> Add -> Sigmoid -> Mul -> Reshape -> y[1,256]."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w3"], ["x2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "x2"], ["a"]),
+        helper.make_node("Sigmoid", ["a"], ["s"]),
+        helper.make_node("Mul", ["a", "s"], ["m"]),
+        helper.make_node("Reshape", ["m", "shape"], ["y"]),
+    ]
+    inits = [
+        _init(rng, "w1", (4, 3, 3, 3)),
+        _init(rng, "b1", (4,)),
+        _init(rng, "w2", (4, 4, 3, 3)),
+        _init(rng, "b2", (4,)),
+        _init(rng, "w3", (4, 3, 3, 3)),
+        numpy_helper.from_array(np.array([1, 256], dtype=np.int64), "shape"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def samples(n: int, seed: int = 1, shape: tuple[int, ...] = (1, 3, 8, 8), name: str = "x") -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{name: rng.normal(size=shape).astype(np.float32)} for _ in range(n)]
