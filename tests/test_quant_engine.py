@@ -8,8 +8,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnx import numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from realmodels import sqnr_db
 from tinymodels import conv_net, samples
 
@@ -65,13 +71,22 @@ def test_min_max_asymmetric_8bit_equals_onnxruntime_minmax(tmp_path, net):
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(str(path), str(tmp_path / "ort.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        str(path),
+        str(tmp_path / "ort.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QUInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     ort_model = onnx.load(tmp_path / "ort.onnx")
     consts = {t.name: numpy_helper.to_array(t) for t in ort_model.graph.initializer}
-    theirs = {n.input[0]: (float(consts[n.input[1]]), int(consts[n.input[2]]))
-              for n in ort_model.graph.node if n.op_type == "QuantizeLinear"}
+    theirs = {
+        n.input[0]: (float(consts[n.input[1]]), int(consts[n.input[2]]))
+        for n in ort_model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
     # CPU target: no HTP operator constraints, so every range is the calibrated one
     ours = quantize(net, data, QuantizerOptions(target_backend="CPU"), progress=False).encodings
     common = [n for n in theirs if n in ours]
@@ -97,8 +112,9 @@ def test_qdq_export_simulates_the_quantized_model(net):
 
 
 def test_per_channel_weights_bias32_and_htp_constraints(net):
-    q = quantize(net, samples(8), QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=32),
-                 progress=False)
+    q = quantize(
+        net, samples(8), QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=32), progress=False
+    )
     enc = q.encodings
     w1 = enc["w1"]
     assert len(w1.encodings) == 4 and w1.axis == 0
@@ -115,13 +131,29 @@ def test_per_channel_weights_bias32_and_htp_constraints(net):
 
 def test_schemas_and_bitwidths_reach_the_encodings(net):
     data = samples(4)
-    q = quantize(net, data, QuantizerOptions(act_bitwidth=16, weights_bitwidth=4, act_quantizer_schema="symmetric",
-                                             param_quantizer_schema="symmetric"), progress=False).encodings
+    q = quantize(
+        net,
+        data,
+        QuantizerOptions(
+            act_bitwidth=16,
+            weights_bitwidth=4,
+            act_quantizer_schema="symmetric",
+            param_quantizer_schema="symmetric",
+        ),
+        progress=False,
+    ).encodings
     assert q["c1"].encodings[0].bitwidth == 16 and q["c1"].encodings[0].offset == 0
     assert q["w2"].encodings[0].bitwidth == 4 and q["w2"].encodings[0].signed
-    steps = quantize(net, data, QuantizerOptions(param_quantizer_schema="symmetric",
-                                                 restrict_quantization_steps=(-0x80, 0x7F)),
-                     progress=False).encodings["w2"].encodings[0]
+    steps = (
+        quantize(
+            net,
+            data,
+            QuantizerOptions(param_quantizer_schema="symmetric", restrict_quantization_steps=(-0x80, 0x7F)),
+            progress=False,
+        )
+        .encodings["w2"]
+        .encodings[0]
+    )
     assert steps.min == pytest.approx(-128 * steps.scale) and steps.max == pytest.approx(127 * steps.scale)
 
 

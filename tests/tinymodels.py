@@ -7,7 +7,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.5) -> onnx.TensorProto:
+def _init(
+    rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float = 0.5
+) -> onnx.TensorProto:
     return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
 
 
