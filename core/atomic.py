@@ -17,7 +17,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise OpendlcError(f"{target}: cannot write: folder {folder} does not exist")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise OpendlcError(f"{target}: cannot write: {folder} {problem}")
+    if target.is_dir():
+        raise OpendlcError(f"{target}: cannot write: it is a folder")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -25,10 +28,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, target)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, target)
+        except OSError as e:  # disk full, file too large, a folder in the way: one line, not a traceback
+            raise OpendlcError(f"{target}: cannot write: {e.strerror or e}") from e
         with contextlib.suppress(OSError):  # make the rename durable where the OS allows
             dir_fd = os.open(folder, os.O_RDONLY)
             try:

@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -37,6 +38,8 @@ ENCODINGS = "encodings.json"
 OVERRIDES = "overrides.json"
 # Protobuf cannot serialize a message over 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+log = logging.getLogger("opendlc.container")
 
 
 class ContainerError(OpendlcError):
@@ -81,6 +84,7 @@ class Container:
                 z.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
                 for name, data in members.items():
                     z.writestr(name, data)
+        log.debug("%s: wrote %s", path, ", ".join(f"{n} ({len(d)} bytes)" for n, d in members.items()))
 
     def _members(self) -> dict[str, bytes]:
         members = dict(_serialize_model(self.model))
@@ -172,8 +176,8 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
     try:
         if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+    except Exception as e:  # ValidationError, and the schema errors some invalid models raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ContainerError(f"{where}: ONNX model fails onnx.checker: {first}") from None
 
 
@@ -200,7 +204,9 @@ def _load_zip(path: Path, *, check: bool) -> Container:
                 f"{path}: unknown container format version {version!r} "
                 f"(this opendlc reads 1..{FORMAT_VERSION})"
             )
-        listed = manifest.get("members", {})
+        listed = manifest.get("members")
+        if not isinstance(listed, dict) or not all(isinstance(v, dict) for v in listed.values()):
+            raise ContainerError(f"{path}: {MANIFEST} is malformed ('members' is not a table of members)")
         if MODEL not in listed or MODEL not in names:
             raise ContainerError(f"{path}: container has no {MODEL}")
         data: dict[str, bytes] = {}
@@ -209,23 +215,39 @@ def _load_zip(path: Path, *, check: bool) -> Container:
                 raise ContainerError(f"{path}: member {name} is listed in the manifest but missing")
             try:
                 blob = z.read(name)
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 raise ContainerError(f"{path}: member {name} is corrupt ({e})") from None
             if len(blob) != info.get("size") or hashlib.sha256(blob).hexdigest() != info.get("sha256"):
                 raise ContainerError(f"{path}: checksum mismatch in member {name}")
             data[name] = blob
+    log.debug("%s: format version %s, %d members verified", path, version, len(data))
     model = _parse_model(data, path, check=check)
-    container = Container(model=model, path=path, meta=manifest.get("meta", {}))
+    meta = manifest.get("meta", {})
+    container = Container(model=model, path=path, meta=meta if isinstance(meta, dict) else {})
     if ENCODINGS in data:
-        container.encodings = EncodingSet.from_json(json.loads(data[ENCODINGS]))
+        container.encodings = _encodings_member(data[ENCODINGS], ENCODINGS, path)
     if OVERRIDES in data:
-        container.overrides = EncodingSet.from_json(json.loads(data[OVERRIDES]))
-    for rec in manifest.get("records", []):
-        info = {k: v for k, v in rec.items() if k not in ("id", "member")}
+        container.overrides = _encodings_member(data[OVERRIDES], OVERRIDES, path)
+    records = manifest.get("records", [])
+    if not isinstance(records, list):
+        raise ContainerError(f"{path}: {MANIFEST} is malformed ('records' is not a list)")
+    for rec in records:
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            raise ContainerError(f"{path}: {MANIFEST} is malformed (a cache record has no 'id')")
         if rec.get("member") not in data:
-            raise ContainerError(f"{path}: cache record {rec.get('id')} has no data member")
+            raise ContainerError(f"{path}: cache record {rec['id']} has no data member")
+        info = {k: v for k, v in rec.items() if k not in ("id", "member")}
         container.records.append(CacheRecord(rec["id"], info, data[rec["member"]]))
     return container
+
+
+def _encodings_member(blob: bytes, name: str, path: Path) -> EncodingSet:
+    try:
+        return EncodingSet.from_json(json.loads(blob))
+    except OpendlcError as e:
+        raise ContainerError(f"{path}: {name}: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ContainerError(f"{path}: {name} is malformed ({type(e).__name__}: {e})") from None
 
 
 def _json_member(z: zipfile.ZipFile, name: str, path: Path) -> dict[str, Any]:

@@ -266,7 +266,7 @@ def _from_aimet100(entry: Any, kind: Kind, source: str, where: str) -> TensorEnc
         return TensorEncoding(name, kind, [], None, "float", _bitwidth(entry, "bw", where), source)
     bw = _bitwidth(entry, "bw", where)
     scales = entry.get("scale")
-    offsets = entry.get("offset", [0] * len(scales or []))
+    offsets = entry.get("offset", [0] * len(scales) if isinstance(scales, list) else None)
     if (
         not isinstance(scales, list)
         or not isinstance(offsets, list)
@@ -276,7 +276,15 @@ def _from_aimet100(entry: Any, kind: Kind, source: str, where: str) -> TensorEnc
         raise UsageError(f"{where}: 'scale' and 'offset' must be lists of the same non-zero length")
     sym = _truthy(entry.get("is_sym", False))
     encs = [
-        _make_encoding(bw, _num({"s": s}, "s", where), _num({"o": o}, "o", where), None, None, sym, where)
+        _make_encoding(
+            bw,
+            _num({"scale": s}, "scale", where),
+            _num({"offset": o}, "offset", where),
+            None,
+            None,
+            sym,
+            where,
+        )
         for s, o in zip(scales, offsets, strict=True)
     ]
     per_channel = str(entry.get("enc_type", "PER_TENSOR")).upper() == "PER_CHANNEL"
