@@ -19,7 +19,7 @@ import importlib_metadata
 import pluggy
 
 from opendlc import hookspecs
-from opendlc.errors import UsageError
+from opendlc.errors import OpendlcError, UsageError
 
 LOAD_PLUGINS_ENV = "OPENDLC_LOAD_PLUGINS"
 
@@ -108,21 +108,31 @@ class PluginManager:
     def _load_entry_points(self) -> None:
         only = os.environ.get(LOAD_PLUGINS_ENV)
         wanted = None if only is None else {n.strip() for n in only.split(",") if n.strip()}
-        for ep in importlib_metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+        available = list(importlib_metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP))
+        if wanted:
+            unknown = sorted(wanted - {ep.name for ep in available})
+            if unknown:  # a typo would otherwise silently run without the plugin
+                raise UsageError(
+                    f"{LOAD_PLUGINS_ENV} names plugins that are not installed: {', '.join(unknown)} "
+                    f"(installed: {', '.join(sorted({ep.name for ep in available}))})"
+                )
+        for ep in available:
             if wanted is not None and ep.name not in wanted:
                 continue
+            dist = ep.dist
+            dist_name = dist.name if dist else "?"
             if ep.name in self.plugins:
                 other = self.plugins[ep.name]
                 raise DuplicateNameError(
-                    f"plugin name '{ep.name}' is used by {other.distribution} and by "
-                    f"{ep.dist.name if ep.dist else '?'}"
+                    f"plugin name '{ep.name}' is used by {other.distribution} and by {dist_name}"
                 )
-            module = ep.load()
-            dist = ep.dist
-            self.register(
-                module,
-                PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?"),
-            )
+            try:
+                module = ep.load()
+            except Exception as e:  # a broken plugin is named, not a traceback
+                raise OpendlcError(
+                    f"plugin '{ep.name}' ({dist_name}) failed to load: {type(e).__name__}: {e}"
+                ) from e
+            self.register(module, PluginInfo(ep.name, ep.value, dist_name, dist.version if dist else "?"))
 
     def register(self, plugin: Any, info: PluginInfo) -> None:
         """Register a plugin object (a module, or any object with ``@hookimpl`` methods)."""

@@ -9,6 +9,7 @@ import typer
 from opendlc import __version__
 from opendlc.cli.logging_options import HELP as LOG_HELP
 from opendlc.cli.runner import run
+from opendlc.errors import OpendlcError
 from opendlc.plugin_manager import get_plugin_manager
 
 PROG = "opendlc"
@@ -51,5 +52,5 @@ def main(argv: list[str] | None = None) -> None:
         app = build_app()
     except Exception as e:  # a broken plugin gets one line too
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(e.exit_code if isinstance(e, OpendlcError) else 1)
     sys.exit(run(lambda rest: app(args=rest, prog_name=PROG, standalone_mode=False), PROG, argv))

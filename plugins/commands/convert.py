@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import onnx
 import typer
+from typer.core import TyperCommand
 
 from opendlc import container as dlc
+from opendlc.cli.logging_options import VERBOSE
 from opendlc.encodings import load_encodings_file
 from opendlc.errors import UsageError
 from opendlc.hookspecs import hookimpl
@@ -26,12 +29,21 @@ def convert_model(
 ) -> Path:
     """Import ``model_path`` (ONNX, or a container) into a container; return where it was written."""
     source = dlc.load(model_path)
+    log.log(
+        VERBOSE,
+        "read %s: %d nodes, %d initializers, opsets %s",
+        model_path,
+        len(source.model.graph.node),
+        len(source.model.graph.initializer),
+        {o.domain or "ai.onnx": o.version for o in source.model.opset_import},
+    )
     output = output or model_path.with_suffix(".dlc")
     if output.resolve() == model_path.resolve():
         raise UsageError(f"{output}: the output would overwrite the input; give another -o")
     model, qdq = extract_qdq(source.model)
     if input_dims:
         model = set_input_shapes(model, input_dims)
+        log.log(VERBOSE, "pinned input shapes: %s", input_dims)
     overrides = source.overrides
     if qdq.tensors:
         log.info("imported %d encodings from QuantizeLinear/DequantizeLinear pairs", len(qdq))
@@ -58,6 +70,7 @@ def convert_model(
         meta={**source.meta, "source": model_path.name},
     )
     out.write(output)
+    log.log(VERBOSE, "wrote %s (%d bytes)", output, output.stat().st_size)
     return output
 
 
@@ -87,6 +100,32 @@ def parse_input_dims(values: list[str]) -> dict[str, list[int]]:
     return dims
 
 
+_DIMS = re.compile(r"^\d+(,\d+)*$")
+
+
+class _ConvertCommand(TyperCommand):
+    """Takes the SDK converter's two-word form ``--input_dim NAME 1,3,224,224`` as well as one word."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        joined: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            flag, eq, value = arg.partition("=")
+            if flag in ("--input_dim", "-d"):
+                if eq and " " not in value and i + 1 < len(args) and _DIMS.match(args[i + 1]):
+                    joined.append(f"{flag}={value} {args[i + 1]}")
+                    i += 2
+                    continue
+                if not eq and i + 2 < len(args) and " " not in args[i + 1] and _DIMS.match(args[i + 2]):
+                    joined += [flag, f"{args[i + 1]} {args[i + 2]}"]
+                    i += 3
+                    continue
+            joined.append(arg)
+            i += 1
+        return super().parse_args(ctx, joined)
+
+
 def convert(
     model: Path = typer.Argument(..., help="The ONNX model (or an opendlc container) to import."),
     output: Path = typer.Option(None, "--output_path", "-o", help="Container to write (default: MODEL.dlc)."),
@@ -96,7 +135,7 @@ def convert(
         help="AIMET/QAIRT encodings file (0.6.1 or 1.0.0) to store as overrides.",
     ),
     input_dim: list[str] = typer.Option(
-        [], "--input_dim", "-d", help="Pin an input's shape: 'NAME 1,3,224,224' (repeatable)."
+        [], "--input_dim", "-d", help="Pin an input's shape: NAME 1,3,224,224 (repeatable)."
     ),
 ) -> None:
     """Import an ONNX model into an opendlc container (QDQ pairs and an overrides file become encodings)."""
@@ -106,4 +145,4 @@ def convert(
 
 @hookimpl
 def register_commands(app: typer.Typer) -> None:
-    app.command("convert")(convert)
+    app.command("convert", cls=_ConvertCommand)(convert)
