@@ -11,10 +11,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 T = TypeVar("T")
 _stderr = Console(stderr=True)
@@ -26,6 +29,17 @@ def _enabled() -> bool:
         logging.getLogger("opendlc").getEffectiveLevel() <= logging.INFO
         or not logging.getLogger("opendlc").handlers
     )
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second; blank until rich has measured a speed (it is None before the second item)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.1f} {self.unit}/s")
 
 
 def track(
@@ -46,7 +60,7 @@ def track(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.speed:.1f} " + unit + "/s" if True else ""),
+        _RateColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
