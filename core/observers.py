@@ -89,6 +89,26 @@ class TensorStats:
         self.hist += np.bincount(idx, minlength=self.bins)
         self.count += int(x.size)
 
+    def observe_summary(self, lo: float, hi: float, n: int, sample: np.ndarray | None = None) -> None:
+        """Add a batch known by its exact min, max and size, with (optionally) a subsample of its values
+        for the histogram.  The histogram then holds the subsample's counts: methods read it as a
+        distribution (relative counts), never as the number of values."""
+        if n == 0:
+            return
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("observe_summary takes finite bounds; use observe() for non-finite data")
+        if not self.bins:
+            self.min, self.max = min(self.min, lo), max(self.max, hi)
+            self.count += n
+            return
+        self._regrid(min(self.min, lo), max(self.max, hi))
+        if sample is not None and sample.size:
+            x = sample.ravel()
+            idx = np.floor(x / self.width).astype(np.int64) - self.first_bin
+            np.clip(idx, 0, self.bins - 1, out=idx)  # a subsample lies within [lo, hi] already
+            self.hist += np.bincount(idx, minlength=self.bins)
+        self.count += n
+
     def _regrid(self, lo: float, hi: float) -> None:
         """Move the histogram onto the canonical grid for [lo, hi] (never finer than the current one)."""
         e = _width_exponent(lo, hi, self.bins)

@@ -142,7 +142,8 @@ def test_schemas_and_bitwidths_reach_the_encodings(net):
         ),
         progress=False,
     ).encodings
-    assert q["c1"].encodings[0].bitwidth == 16 and q["c1"].encodings[0].offset == 0
+    assert q["r1"].encodings[0].bitwidth == 16 and q["r1"].encodings[0].offset == 0
+    assert "c1" not in q  # Conv -> Relu runs fused: no encoding between them
     assert q["w2"].encodings[0].bitwidth == 4 and q["w2"].encodings[0].signed
     steps = (
         quantize(
@@ -175,11 +176,11 @@ def test_degenerate_data_warns_and_never_makes_nan(tmp_path, net, caplog):
 
 def test_overrides_win_unless_ignored(net):
     forced = Encoding(8, 0.5, -10, -5.0, 122.5)
-    net.overrides = EncodingSet({"c1": TensorEncoding("c1", "activation", [forced], source="overrides")})
+    net.overrides = EncodingSet({"r1": TensorEncoding("r1", "activation", [forced], source="overrides")})
     data = samples(4)
-    assert quantize(net, data, QuantizerOptions(), progress=False).encodings["c1"].encodings == [forced]
+    assert quantize(net, data, QuantizerOptions(), progress=False).encodings["r1"].encodings == [forced]
     ignored = quantize(net, data, QuantizerOptions(ignore_quantization_overrides=True), progress=False)
-    assert ignored.encodings["c1"].encodings != [forced]
+    assert ignored.encodings["r1"].encodings != [forced]
 
 
 def test_float_fallback_propagates_and_leaves_the_rest_float(net):
@@ -188,7 +189,7 @@ def test_float_fallback_propagates_and_leaves_the_rest_float(net):
     q = quantize(net, None, QuantizerOptions(enable_float_fallback=True, float_bitwidth=16), progress=False)
     e = q.encodings
     assert e["y"].encodings == [enc] and e["y"].source == "propagated"  # across the Reshape
-    assert e["c1"].dtype == "float" and e["c1"].float_bitwidth == 16
+    assert e["r1"].dtype == "float" and e["r1"].float_bitwidth == 16
     run(to_qdq_model(q), samples(1))  # the fp16 simulation runs
     with pytest.raises(Exception, match="input_list"):
         quantize(net, samples(1), QuantizerOptions(enable_float_fallback=True), progress=False)

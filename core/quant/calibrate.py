@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper, numpy_helper
 
 from opendlc.errors import OpendlcError, UsageError
 from opendlc.observers import BINS, TensorStats
@@ -65,6 +66,65 @@ def float_activation_names(model: onnx.ModelProto, *, udo_packages: Sequence[str
     return floats
 
 
+# Histograms are built from a deterministic strided subsample of at most about this many values per tensor
+# and sample; min and max always come from every value.  Copying every activation out of onnxruntime
+# costs ten times the forward pass on a detector; reductions inside the graph cost little.
+HISTOGRAM_SAMPLE = 16384
+
+
+def statistics_model(
+    model: onnx.ModelProto, tensors: Sequence[str], *, histograms: bool
+) -> tuple[onnx.ModelProto, dict[str, tuple[str, str, str, str | None]]]:
+    """``model`` plus, per tensor, outputs for its min, max, element count and (with ``histograms``) a
+    strided subsample.  Returns the model and tensor -> (min, max, size, sample) output names."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    budget = f"{_PREFIX}budget"
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(HISTOGRAM_SAMPLE, dtype=np.int64), budget),
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_PREFIX}flat"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), f"{_PREFIX}one1d"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), f"{_PREFIX}one"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), f"{_PREFIX}zero1d"),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max], dtype=np.int64), f"{_PREFIX}end"),
+        ]
+    )
+    names: dict[str, tuple[str, str, str, str | None]] = {}
+    for i, t in enumerate(tensors):
+        p = f"{_PREFIX}{i}_"
+        flat = f"{p}flat"
+        nodes = [
+            helper.make_node("ReduceMin", [t], [f"{p}min"], keepdims=0),
+            helper.make_node("ReduceMax", [t], [f"{p}max"], keepdims=0),
+            helper.make_node("Size", [t], [f"{p}size"]),
+        ]
+        sample = None
+        if histograms:
+            # step = size // budget + 1: mostly odd, so strides rarely alias with power-of-two layouts
+            sample = f"{p}sample"
+            nodes += [
+                helper.make_node("Reshape", [t, f"{_PREFIX}flat"], [flat]),
+                helper.make_node("Div", [f"{p}size", budget], [f"{p}q"]),
+                helper.make_node("Add", [f"{p}q", f"{_PREFIX}one"], [f"{p}step0"]),
+                helper.make_node("Reshape", [f"{p}step0", f"{_PREFIX}one1d"], [f"{p}step"]),
+                helper.make_node(
+                    "Slice",
+                    [flat, f"{_PREFIX}zero1d", f"{_PREFIX}end", f"{_PREFIX}zero1d", f"{p}step"],
+                    [sample],
+                ),
+            ]
+        g.node.extend(nodes)
+        outs = [f"{p}min", f"{p}max", f"{p}size"] + ([sample] if sample else [])
+        g.output.extend(onnx.ValueInfoProto(name=o) for o in outs)
+        names[t] = (f"{p}min", f"{p}max", f"{p}size", sample)
+    return out, names
+
+
+_PREFIX = "__opendlc_stat_"
+
+
 def collect_statistics(
     model: onnx.ModelProto,
     samples: Iterable[Mapping[str, np.ndarray]],
@@ -75,27 +135,38 @@ def collect_statistics(
     udo_packages: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, TensorStats]:
-    """Statistics of ``tensors`` over ``samples`` (graph inputs included when named)."""
-    sess = cpu_session(with_outputs(model, tensors), udo_packages=udo_packages)
+    """Statistics of ``tensors`` (graph inputs and node outputs) over ``samples``, one sample at a time."""
+    stats_model, names = statistics_model(model, tensors, histograms=histograms)
+    sess = cpu_session(stats_model, udo_packages=udo_packages)
     input_names = [i.name for i in sess.get_inputs()]
-    outputs = [o for o in tensors if o not in input_names]
+    fetch = [n for t in tensors for n in names[t] if n]
     stats = {t: TensorStats(bins=BINS if histograms else 0) for t in tensors}
+    full_session = None  # fetches whole tensors, only for samples with NaN/Inf values
     count = 0
     for sample in track(samples, "calibrating", total=total, enabled=progress):
         missing = [n for n in input_names if n not in sample]
         if missing:
             raise UsageError(f"calibration sample {count} lacks input(s) {', '.join(missing)}")
         feeds = {n: sample[n] for n in input_names}
-        try:
-            values = sess.run(outputs, feeds)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0]
-            raise OpendlcError(f"calibration sample {count}: onnxruntime failed: {first}") from None
-        for name in input_names:
-            if name in stats:
-                stats[name].observe(feeds[name])
-        for name, value in zip(outputs, values, strict=True):
-            stats[name].observe(value)
+        values = dict(zip(fetch, _run(sess, fetch, feeds, count), strict=True))
+        nonfinite = []
+        for t in tensors:
+            lo_n, hi_n, size_n, sample_n = names[t]
+            lo, hi = float(values[lo_n]), float(values[hi_n])
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                nonfinite.append(t)
+                continue
+            stats[t].observe_summary(lo, hi, int(values[size_n]), values[sample_n] if sample_n else None)
+        if nonfinite:
+            full_session = full_session or cpu_session(
+                with_outputs(model, tensors), udo_packages=udo_packages
+            )
+            wanted = [t for t in nonfinite if t not in input_names]
+            for t, v in zip(wanted, _run(full_session, wanted, feeds, count), strict=True):
+                stats[t].observe(v)
+            for t in nonfinite:
+                if t in input_names:
+                    stats[t].observe(feeds[t])
         count += 1
     if count == 0:
         raise UsageError("no calibration samples: the input list is empty")
@@ -104,3 +175,11 @@ def collect_statistics(
         if s.nonfinite:
             log.warning("tensor '%s': %d NaN/Inf values were ignored during calibration", name, s.nonfinite)
     return stats
+
+
+def _run(sess: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray], index: int) -> list:
+    try:
+        return sess.run(outputs, feeds)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0]
+        raise OpendlcError(f"calibration sample {index}: onnxruntime failed: {first}") from None

@@ -40,6 +40,29 @@ WEIGHT_OF: dict[str, int] = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul":
 
 Role = Literal["weight", "bias", "other"]
 
+# A Relu/Clip whose input comes only from one of these runs fused into it (QNN folds the activation into
+# the op; onnxruntime's QDQ quantizer removes it likewise): the pre-activation tensor gets no encoding.
+FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+FUSES_ACTIVATION = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul"})
+
+
+def fused_preactivations(model: onnx.ModelProto) -> set[str]:
+    """Tensors between an op and the Relu/Clip fused into it."""
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    fused = set()
+    for n in model.graph.node:
+        if n.op_type not in FUSES_ACTIVATION or len(n.output) != 1:
+            continue
+        out = n.output[0]
+        after = users.get(out, [])
+        if out not in outputs and len(after) == 1 and after[0].op_type in FUSED_ACTIVATIONS:
+            fused.add(out)
+    return fused
+
 
 @dataclass
 class ParamUse:
@@ -83,6 +106,7 @@ def make_plan(
 ) -> QuantPlan:
     """Plan for ``model``; ``float_tensors`` are the activations known to be float (from a session)."""
     plan = QuantPlan()
+    no_encoding = set(no_encoding) | fused_preactivations(model)
     consts = {t.name: t for t in model.graph.initializer}
     for v in graph_inputs(model):
         if v.name in float_tensors and v.name not in no_encoding:
