@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,7 @@ def _load_zip(path: Path, *, check: bool) -> Container:
                 raise ContainerError(f"{path}: member {name} is listed in the manifest but missing")
             try:
                 blob = z.read(name)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
                 raise ContainerError(f"{path}: member {name} is corrupt ({e})") from None
             if len(blob) != info.get("size") or hashlib.sha256(blob).hexdigest() != info.get("sha256"):
                 raise ContainerError(f"{path}: checksum mismatch in member {name}")
@@ -253,7 +254,7 @@ def _encodings_member(blob: bytes, name: str, path: Path) -> EncodingSet:
 def _json_member(z: zipfile.ZipFile, name: str, path: Path) -> dict[str, Any]:
     try:
         value = json.loads(z.read(name))
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
         raise ContainerError(f"{path}: {name} is corrupt ({type(e).__name__})") from None
     if not isinstance(value, dict):
         raise ContainerError(f"{path}: {name} is not a JSON object")
