@@ -41,6 +41,7 @@ OVERRIDES = "overrides.json"
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 log = logging.getLogger("opendlc.container")
+DEBUG2 = logging.DEBUG - 1  # the level of --debug2 (opendlc.cli.logging_options)
 
 
 class ContainerError(OpendlcError):
@@ -85,6 +86,7 @@ class Container:
                 z.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
                 for name, data in members.items():
                     z.writestr(name, data)
+                    log.log(DEBUG2, "%s: member %s, %d bytes", path, name, len(data))
         log.debug("%s: wrote %s", path, ", ".join(f"{n} ({len(d)} bytes)" for n, d in members.items()))
 
     def _members(self) -> dict[str, bytes]:
@@ -221,6 +223,7 @@ def _load_zip(path: Path, *, check: bool) -> Container:
             if len(blob) != info.get("size") or hashlib.sha256(blob).hexdigest() != info.get("sha256"):
                 raise ContainerError(f"{path}: checksum mismatch in member {name}")
             data[name] = blob
+            log.log(DEBUG2, "%s: member %s, %d bytes, sha256 verified", path, name, len(blob))
     log.debug("%s: format version %s, %d members verified", path, version, len(data))
     model = _parse_model(data, path, check=check)
     meta = manifest.get("meta", {})

@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand
 
 from opendlc import container as dlc
-from opendlc.cli.logging_options import VERBOSE
+from opendlc.cli.logging_options import DEBUG3, VERBOSE
 from opendlc.encodings import load_encodings_file
 from opendlc.errors import UsageError
 from opendlc.hookspecs import hookimpl
@@ -61,6 +61,8 @@ def convert_model(
             )
         overrides = from_file if overrides is None else _merged(overrides, from_file)
         log.info("imported %d encodings from %s", len(from_file), overrides_path)
+    for enc in overrides.tensors.values() if overrides else []:
+        log.log(DEBUG3, "override %s (%s, from %s): %s", enc.name, enc.kind, enc.source, enc.encodings)
     dlc.check_model(model, str(model_path))
     out = dlc.Container(
         model=model,
