@@ -151,7 +151,7 @@ def _scale_and_shift_matmul_add(
     bias = view.const(add.input[1 - mm_index])
     if bias is None or view.sole_consumer(mm.output[0]) is not add or ranks.get(add.output[0]) != 2:
         return False
-    if not np.issubdtype(bias.dtype, np.floating) or _per_channel(bias, 2, a.size) is None:
+    if not np.issubdtype(bias.dtype, np.floating) or per_channel(bias, 2, a.size) is None:
         return False
     w = view.const(mm.input[1]) if len(mm.input) > 1 else None
     if w is None or w.ndim != 2 or w.shape[1] != a.size or ranks.get(mm.input[0]) != 2:
@@ -159,11 +159,11 @@ def _scale_and_shift_matmul_add(
     if not np.issubdtype(w.dtype, np.floating):
         return False
     view.set_param(mm, 1, (w.astype(np.float64) * a[None, :]).astype(w.dtype))
-    view.set_param(add, 1 - mm_index, (a * _per_channel(bias, 2, a.size) + c).astype(bias.dtype))
+    view.set_param(add, 1 - mm_index, (a * per_channel(bias, 2, a.size) + c).astype(bias.dtype))
     return True
 
 
-def _per_channel(value: np.ndarray, rank: int, channels: int, axis: int = 1) -> np.ndarray | None:
+def per_channel(value: np.ndarray, rank: int, channels: int, axis: int = 1) -> np.ndarray | None:
     """``value`` as one number per channel on ``axis`` of a rank-``rank`` tensor, if it broadcasts so.
 
     None when broadcasting ``value`` would vary along another axis or enlarge the tensor.
@@ -222,8 +222,8 @@ def fold_output_affine_in(view: GraphView, ranks: dict[str, int]) -> list[str]:
                 continue
             value, index = operand
             rank = 2 if node.op_type == "Gemm" else view.const(node.input[1]).ndim
-            per_channel = _per_channel(value, rank, channels)
-            affine = None if per_channel is None else _affine_of(nxt, per_channel, index)
+            values = per_channel(value, rank, channels)
+            affine = None if values is None else _affine_of(nxt, values, index)
             if affine is None or not _scale_and_shift_output(view, node, *affine, ranks):
                 continue
             view.absorb_successor(node, nxt)
@@ -270,8 +270,8 @@ def fold_input_affine_in(view: GraphView) -> list[str]:
                 continue
             g = int(view.attr(conv, "group", 1))
             cin = w.shape[1] * g
-            per_channel = _per_channel(operand[0], w.ndim, cin)
-            affine = None if per_channel is None else _affine_of(prev, per_channel, operand[1])
+            values = per_channel(operand[0], w.ndim, cin)
+            affine = None if values is None else _affine_of(prev, values, operand[1])
             if affine is None:
                 continue
             a, c = affine

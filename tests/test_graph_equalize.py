@@ -1,0 +1,196 @@
+"""Cross-layer equalization: float function kept, ranges balanced, per-tensor weight SQNR improved."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from graphtools import const, model, op_types, outputs_over, relative_error
+from onnx import helper, numpy_helper
+
+from opendlc.graph.equalize import channel_ranges, equalize
+
+RNG = np.random.default_rng(3)
+X = ("x", [1, 3, 10, 10])
+
+
+def samples(n=3):
+    return [{"x": RNG.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(n)]
+
+
+def weights(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return {n.name: inits[n.input[1]] for n in m.graph.node if n.op_type == "Conv"}
+
+
+def unbalanced_pair(activation: str = "Relu", group2: int = 1) -> onnx.ModelProto:
+    """Conv(3->8) -> activation -> Conv(8->4): channel i of the first is 10^u_i too large, the second
+    conv's input i 10^-u_i too small -- the same function as a balanced pair, badly quantizable."""
+    u = np.linspace(-2, 2, 8)
+    w1 = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * (10**u).reshape(8, 1, 1, 1).astype(np.float32)
+    b1 = (RNG.standard_normal(8) * 10**u).astype(np.float32)
+    w2 = RNG.standard_normal((4 * group2, 8 // group2, 3, 3)).astype(np.float32)
+    w2 = (w2.reshape(group2, 4, 8 // group2, 3, 3) * (10**-u).reshape(group2, 1, 8 // group2, 1, 1)).reshape(
+        w2.shape
+    )
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["y1"], pads=[1] * 4, name="conv1")]
+    mid = "y1"
+    inits = [const("w1", w1), const("b1", b1), const("w2", w2), const("b2", RNG.standard_normal(4 * group2))]
+    if activation == "PRelu":
+        inits.append(const("slope", RNG.uniform(0.05, 0.3, (8, 1, 1))))
+        nodes.append(helper.make_node("PRelu", ["y1", "slope"], ["a1"]))
+        mid = "a1"
+    elif activation:
+        attrs = {"alpha": 0.1} if activation == "LeakyRelu" else {}
+        nodes.append(helper.make_node(activation, ["y1"], ["a1"], **attrs))
+        mid = "a1"
+    nodes.append(
+        helper.make_node("Conv", [mid, "w2", "b2"], ["out"], pads=[1] * 4, group=group2, name="conv2")
+    )
+    return model(nodes, [X], [("out", None)], inits)
+
+
+def quantize_weights_per_tensor(m: onnx.ModelProto, bits: int = 8) -> onnx.ModelProto:
+    """Conv weights replaced by their per-tensor min-max asymmetric quantize-dequantize."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    names = {n.input[1] for n in out.graph.node if n.op_type == "Conv"}
+    for t in out.graph.initializer:
+        if t.name in names:
+            w = numpy_helper.to_array(t).astype(np.float64)
+            lo, hi = min(w.min(), 0.0), max(w.max(), 0.0)
+            scale = (hi - lo) / (2**bits - 1)
+            zero = np.round(-lo / scale)
+            q = np.clip(np.round(w / scale) + zero, 0, 2**bits - 1)
+            t.CopyFrom(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), t.name))
+    return out
+
+
+def sqnr_db(ref: list[np.ndarray], test: list[np.ndarray]) -> float:
+    r = np.concatenate([a.ravel() for a in ref]).astype(np.float64)
+    t = np.concatenate([a.ravel() for a in test]).astype(np.float64)
+    return float(10 * np.log10(np.sum(r * r) / np.sum((r - t) ** 2)))
+
+
+@pytest.mark.parametrize("activation", ["Relu", "LeakyRelu", "PRelu", None])
+def test_unbalanced_pair_is_balanced_and_quantizes_better(activation):
+    m = unbalanced_pair(activation)
+    result = equalize(m)
+    assert [(p.first, p.second, p.activation) for p in result.pairs] == [("conv1", "conv2", activation)]
+    data = samples()
+    ref = outputs_over(m, data)
+    assert relative_error(ref, outputs_over(result.model, data)) < 1e-5
+
+    before = channel_ranges(weights(m)["conv1"], weights(m)["conv2"], 1)
+    after = channel_ranges(weights(result.model)["conv1"], weights(result.model)["conv2"], 1)
+    assert np.ptp(np.log10(before[0])) > 3  # the built pair really is unbalanced
+    np.testing.assert_allclose(after[0], after[1], rtol=1e-3)  # each channel: same range on both sides
+    assert np.ptp(np.log10(after[0])) < 0.5 * np.ptp(np.log10(before[0]))
+
+    sqnr_before = sqnr_db(ref, outputs_over(quantize_weights_per_tensor(m), data))
+    sqnr_after = sqnr_db(ref, outputs_over(quantize_weights_per_tensor(result.model), data))
+    assert sqnr_after > sqnr_before + 10, (sqnr_before, sqnr_after)
+
+
+def test_grouped_second_conv_is_equalized():
+    m = unbalanced_pair("Relu", group2=2)
+    result = equalize(m)
+    assert len(result.pairs) == 1
+    data = samples()
+    assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-5
+    r1, r2 = channel_ranges(weights(result.model)["conv1"], weights(result.model)["conv2"], 2)
+    np.testing.assert_allclose(r1, r2, rtol=1e-3)
+
+
+def test_chain_with_batch_norm_and_depthwise_converges():
+    """Conv -> BN -> Relu -> depthwise Conv -> LeakyRelu -> Conv: two pairs sharing the middle conv."""
+    c = 8
+    inits = [
+        const("w1", RNG.standard_normal((c, 3, 3, 3)) * np.logspace(-1, 1, c).reshape(c, 1, 1, 1)),
+        const("g", RNG.uniform(0.5, 2, c)),
+        const("beta", RNG.standard_normal(c)),
+        const("mean", RNG.standard_normal(c)),
+        const("var", RNG.uniform(0.5, 2, c)),
+        const("wd", RNG.standard_normal((c, 1, 3, 3)) * np.logspace(1, -1, c).reshape(c, 1, 1, 1)),
+        const("bd", RNG.standard_normal(c)),
+        const("w3", RNG.standard_normal((5, c, 1, 1))),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["y1"], pads=[1] * 4, name="conv1"),
+        helper.make_node("BatchNormalization", ["y1", "g", "beta", "mean", "var"], ["n1"]),
+        helper.make_node("Relu", ["n1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "wd", "bd"], ["y2"], pads=[1] * 4, group=c, name="dw"),
+        helper.make_node("LeakyRelu", ["y2"], ["a2"], alpha=0.2),
+        helper.make_node("Conv", ["a2", "w3"], ["out"], name="conv3"),
+    ]
+    m = model(nodes, [X], [("out", None)], inits)
+    result = equalize(m)
+    assert "BatchNormalization" not in op_types(result.model)
+    assert {(p.first, p.second) for p in result.pairs} == {("conv1", "dw"), ("dw", "conv3")}
+    assert 1 < result.iterations < 100  # converged, not stopped by the limit
+    data = samples()
+    assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-5
+
+
+@pytest.mark.parametrize("between", ["Clip", "HardSwish", "Sigmoid", "branch"])
+def test_no_equalization_across_non_homogeneous_ops_or_branches(between):
+    inits = [const("w1", RNG.standard_normal((8, 3, 1, 1))), const("w2", RNG.standard_normal((4, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y1"], name="conv1")]
+    outputs = [("out", None)]
+    if between == "Clip":
+        inits += [const("lo", np.float32(0)), const("hi", np.float32(6))]
+        nodes.append(helper.make_node("Clip", ["y1", "lo", "hi"], ["a"]))
+    elif between == "branch":  # y1 is also read by a second node (a residual, an SE gate...)
+        nodes.append(helper.make_node("Relu", ["y1"], ["a"]))
+        nodes.append(helper.make_node("Sigmoid", ["y1"], ["side"]))
+        outputs.append(("side", None))
+    else:
+        nodes.append(helper.make_node(between, ["y1"], ["a"]))
+    nodes.append(helper.make_node("Conv", ["a", "w2"], ["out"], name="conv2"))
+    m = model(nodes, [X], outputs, inits)
+    result = equalize(m)
+    assert result.pairs == []
+    for name, w in weights(m).items():
+        np.testing.assert_array_equal(weights(result.model)[name], w)
+
+
+def test_cle_plugin_is_registered_and_unknown_names_list_the_known_ones(monkeypatch):
+    from opendlc.algorithms import Phase
+    from opendlc.errors import UsageError
+    from opendlc.plugin_manager import get_plugin_manager, reset_plugin_manager
+
+    monkeypatch.setenv("OPENDLC_LOAD_PLUGINS", "algorithm_cle")
+    reset_plugin_manager()
+    try:
+        registry = get_plugin_manager().algorithms
+        cle = registry.get("cle")
+        assert cle.phase == Phase.BEFORE_CALIBRATION and cle.description
+        with pytest.raises(UsageError, match=r"unknown algorithm 'nope' \(known: .*cle"):
+            registry.get("nope")
+        m = unbalanced_pair("Relu")
+        out = cle.apply(m, None)  # context may be None
+        data = samples()
+        assert relative_error(outputs_over(m, data), outputs_over(out, data)) < 1e-5
+    finally:
+        reset_plugin_manager()
+
+
+@pytest.mark.real_models
+@pytest.mark.parametrize("normalized_first", [False, True])
+def test_ppocr_cls_float_outputs_are_kept(ppocr, normalized_first):
+    """The classifier as shipped (35 unfused BN, decomposed hard-swish) and after normalize()."""
+    import realmodels
+
+    from opendlc.graph.normalize import normalize
+    from opendlc.model_edit import set_input_shapes
+
+    shape = realmodels.input_shape("cls")
+    m = set_input_shapes(onnx.load(ppocr("cls")), {"x": list(shape)})
+    source = normalize(m).model if normalized_first else m
+    result = equalize(source)
+    # as shipped, the SE blocks' conv biases are Reshape(Constant) nodes: only normalize()'s constant
+    # folding makes them parameters, and those convs pairs.  Hard-swish chains are never pairs.
+    assert len(result.pairs) == (15 if normalized_first else 6), result.report
+    assert "BatchNormalization" not in op_types(result.model)
+    data = [{"x": x} for x in realmodels.image_crops(shape, 4, seed=5)]
+    assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-4
