@@ -10,6 +10,8 @@ exactly equivalent pattern becomes one standard node:
 - ``x * HardSigmoid(x, 1/6, 1/2)``                                 -> ``HardSwish(x)``   (opset >= 14)
 
 ``x * HardSigmoid(x, alpha)`` with another alpha (PP-OCR uses 0.2) is not a hard-swish and stays.
+(onnxruntime inlines a ``HardSwish`` node, an ONNX function, as ``x * HardSigmoid(x, 1/6, 1/2)`` when
+it optimises a model that already has one; the last pattern puts it back.)
 Where the target opset has no HardSwish, the pattern stays and its inner tensors are reported as
 not to be given encodings.
 """
