@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+
 import onnx
 
 from opendlc.errors import UsageError
+
+log = logging.getLogger("opendlc.model_edit")
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -34,6 +40,53 @@ def set_input_shapes(model: onnx.ModelProto, dims: dict[str, list[int]]) -> onnx
             if d.HasField("dim_value"):
                 d.ClearField("dim_value")
     try:
-        return onnx.shape_inference.infer_shapes(out, data_prop=True)
+        out = onnx.shape_inference.infer_shapes(out, data_prop=True)
     except Exception as e:
         raise UsageError(f"shapes {dims} do not fit the model: {str(e).splitlines()[0]}") from None
+    if not _static_outputs(out):
+        _output_shapes_from_onnxruntime(out)
+    return out
+
+
+def _static_outputs(model: onnx.ModelProto) -> bool:
+    return all(
+        d.HasField("dim_value") and d.dim_value > 0
+        for o in model.graph.output
+        for d in o.type.tensor_type.shape.dim
+    ) and all(o.type.tensor_type.HasField("shape") for o in model.graph.output)
+
+
+def _output_shapes_from_onnxruntime(model: onnx.ModelProto) -> None:
+    """Fill the output dimensions ONNX's shape inference left unknown with ONNX Runtime's.
+
+    ONNX's inference stops at a Reshape whose target shape is computed (PP-OCR's models); ONNX Runtime
+    folds such computations when it loads a model, so the model it would save knows the output shapes.
+    This is static inference, never a run on data, so data-dependent dimensions stay unknown.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+        except Exception as e:  # a model ONNX Runtime cannot load keeps the shapes ONNX found
+            log.debug("output shapes: ONNX Runtime could not load the model (%s)", e)
+            return
+    known = {o.name: o.type.tensor_type.shape for o in optimized.graph.output}
+    for o in model.graph.output:
+        theirs = known.get(o.name)
+        if theirs is None:
+            continue
+        ours = o.type.tensor_type.shape
+        if not o.type.tensor_type.HasField("shape") or len(ours.dim) == 0:
+            ours.CopyFrom(theirs)
+            continue
+        if len(ours.dim) != len(theirs.dim):
+            continue
+        for mine, other in zip(ours.dim, theirs.dim, strict=True):
+            if not (mine.HasField("dim_value") and mine.dim_value > 0) and other.dim_value > 0:
+                mine.dim_value = other.dim_value
