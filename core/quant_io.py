@@ -326,10 +326,10 @@ def quantize_file(
     prepare = None
     socs: list[str] = []
     if htp_socs is not None:
-        prepare = htp_preparer()
         socs = [
             _lookup(get_plugin_manager().socs, s, "--htp_socs").name for s in htp_socs or [DEFAULT_HTP_SOC]
         ]
+        prepare = htp_preparer()  # after the names: an unknown SoC is a usage error either way
     if options.use_aimet_quantizer:
         require_aimet()
 
