@@ -180,7 +180,21 @@ def bias_encoding(
     if not per_channel and len(w_encs) > 1:
         # one bias scale for several weight scales: cover the largest
         scales = [s_in * max(we.scale for we in w_encs)]
-    encs = [Encoding(bw, s, 0, -(qmax + 1) * s, qmax * s, True, True) for s in scales]
+    # A bias beyond int32 at (input scale x weight scale) would be clipped: give it the scale it needs.
+    magnitudes = np.abs(flat) if len(scales) == flat.size else np.array([np.abs(flat).max(initial=0.0)])
+    needed = magnitudes.astype(np.float64) / qmax
+    if np.any(needed > np.asarray(scales)):
+        scales = list(np.maximum(np.asarray(scales), needed))
+        log.warning(
+            "bias '%s' does not fit %d bits at input scale x weight scale; it gets a wider scale of its own"
+            "%s",
+            use.name,
+            bw,
+            ""
+            if o.adjust_bias_encoding
+            else " (--adjust_bias_encoding widens the per-channel weight scales instead)",
+        )
+    encs = [Encoding(bw, float(s), 0, -(qmax + 1) * float(s), qmax * float(s), True, True) for s in scales]
     return TensorEncoding(
         use.name, "param", encs, axis=0 if len(encs) > 1 else None, source="calibration"
     ), weight

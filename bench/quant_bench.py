@@ -1,0 +1,329 @@
+"""Quantization benchmark: opendlc side by side with onnxruntime.quantization on the PP-OCR models.
+
+    python bench/quant_bench.py accuracy [--models det rec cls] [--calibration 64] [--heldout 8]
+    python bench/quant_bench.py memory   [--models det] [--methods ...]
+    python bench/quant_bench.py speed    [--models det rec cls]
+
+``accuracy``: output SQNR against FP32 on held-out crops for W8A8 per-tensor, W8A8 per-channel and W8A16,
+for opendlc's configurations and onnxruntime's.  ``memory``: peak RSS of a calibration in a child process
+with 16 and 64 samples.  ``speed``: calibration wall time against onnxruntime's and against the plain
+float forward passes over the same samples.  Results print as Markdown tables; ``--write`` puts them in
+docs/benchmarks.md between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+# opendlc configurations: name -> QuantizerOptions keywords (+ "family" for grouping)
+OURS: dict[str, dict] = {
+    "SDK default (W8A8, 8-bit bias, min-max)": {"family": "W8A8 per-tensor"},
+    "W8A8 bias32 min-max": {"family": "W8A8 per-tensor", "bias_bitwidth": 32},
+}
+METHODS = ["min-max", "sqnr", "mse", "percentile", "entropy", "enhanced"]
+for fam, extra in [("W8A8 per-tensor", {}), ("W8A8 per-channel", {"use_per_channel_quantization": True})]:
+    for m in METHODS:
+        for cle in (False, True):
+            name = f"{fam.split()[1]} bias32 {m}{' +cle' if cle else ''}"
+            OURS[name] = {
+                "family": fam,
+                "bias_bitwidth": 32,
+                "act_quantizer_calibration": m,
+                **extra,
+                **({"apply_algorithms": ["cle"]} if cle else {}),
+            }
+for m in ("min-max", "sqnr", "mse"):
+    OURS[f"W8A16 per-channel bias32 {m}"] = {
+        "family": "W8A16",
+        "act_bitwidth": 16,
+        "bias_bitwidth": 32,
+        "use_per_channel_quantization": True,
+        "act_quantizer_calibration": m,
+    }
+
+
+def ours(model_name: str, config: dict, calibration: data.Samples) -> tuple[onnx.ModelProto, float]:
+    from opendlc.container import Container
+    from opendlc.quant.api import quantize
+    from opendlc.quant.export import to_qdq_model
+    from opendlc.quant.options import QuantizerOptions
+
+    opts = QuantizerOptions(**{k: v for k, v in config.items() if k != "family"})
+    t = time.perf_counter()
+    q = quantize(Container(data.model(model_name)), calibration, opts, progress=False)
+    return to_qdq_model(q), time.perf_counter() - t
+
+
+def ort_quantize(
+    model_name: str,
+    calibration: data.Samples,
+    *,
+    method: str = "MinMax",
+    per_channel: bool = False,
+    act16: bool = False,
+    opset17: bool = False,
+) -> tuple[Path, float, Path]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp = Path(tempfile.mkdtemp(prefix="ortq_"))
+    src = data.model_path(model_name)
+    if opset17:  # per-channel QDQ needs DequantizeLinear's axis (opset 13); FACTS.md: ORT's best path
+        m = onnx.version_converter.convert_version(onnx.load(src), 17)
+        onnx.save(m, tmp / "opset17.onnx")
+        quant_pre_process(str(tmp / "opset17.onnx"), str(tmp / "pre.onnx"), skip_symbolic_shape=True)
+        src = tmp / "pre.onnx"
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calibration)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp / "q.onnx"
+    t = time.perf_counter()
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt16 if act16 else QuantType.QUInt8,
+        weight_type=QuantType.QInt8 if per_channel else QuantType.QUInt8,
+        calibrate_method=getattr(CalibrationMethod, method),
+        extra_options={"UseQDQContribOps": act16},
+    )
+    return out, time.perf_counter() - t, tmp
+
+
+ORT_CONFIGS = {
+    "ORT MinMax per-tensor": ("W8A8 per-tensor", {"method": "MinMax"}),
+    "ORT MinMax per-channel (opset 17 + pre-processing)": (
+        "W8A8 per-channel",
+        {"method": "MinMax", "per_channel": True, "opset17": True},
+    ),
+    "ORT Percentile per-tensor": ("W8A8 per-tensor", {"method": "Percentile"}),
+    "ORT Entropy per-tensor": ("W8A8 per-tensor", {"method": "Entropy"}),
+    "ORT MinMax W8A16 per-channel (opset 17)": (
+        "W8A16",
+        {"method": "MinMax", "per_channel": True, "opset17": True, "act16": True},
+    ),
+}
+# onnxruntime's Percentile and Entropy keep every activation of every sample: on the 480x480 detector they
+# exhaust this machine's 24 GiB at 64 samples (FACTS.md section 5), so they are not run there.
+ORT_SKIP = {("det", "ORT Percentile per-tensor"), ("det", "ORT Entropy per-tensor")}
+
+
+def accuracy(models: list[str], n_cal: int, n_held: int, configs: list[str] | None) -> list[dict]:
+    rows = []
+    for name in models:
+        cal = data.Samples(name, data.raw_files(name, n_cal))
+        held = data.Samples(name, data.raw_files(name, n_held, heldout=True))
+        ref = data.outputs(data.model(name), held)
+        for cfg_name, cfg in OURS.items():
+            if configs and not any(c in cfg_name for c in configs):
+                continue
+            try:
+                qdq, secs = ours(name, cfg, cal)
+                sq = data.sqnr_db(ref, data.outputs(qdq, held))
+            except Exception as e:  # a failing configuration is a result too
+                print(f"  {name} {cfg_name}: failed: {e}", file=sys.stderr)
+                continue
+            rows.append(
+                {
+                    "model": name,
+                    "tool": "opendlc",
+                    "config": cfg_name,
+                    "family": cfg["family"],
+                    "sqnr_db": round(sq, 2),
+                    "seconds": round(secs, 1),
+                }
+            )
+            print(f"{name:4s} {cfg_name:48s} {sq:7.2f} dB {secs:6.1f} s", flush=True)
+        for cfg_name, (family, kw) in ORT_CONFIGS.items():
+            if (name, cfg_name) in ORT_SKIP or (configs and not any(c in cfg_name for c in configs)):
+                continue
+            try:
+                path, secs, tmp = ort_quantize(name, cal, **kw)
+                sq = data.sqnr_db(ref, data.outputs(path, held))
+            except Exception as e:
+                print(f"  {name} {cfg_name}: failed: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+                rows.append(
+                    {
+                        "model": name,
+                        "tool": "onnxruntime",
+                        "config": cfg_name,
+                        "family": family,
+                        "sqnr_db": None,
+                        "seconds": None,
+                        "error": str(e).splitlines()[0][:120],
+                    }
+                )
+                continue
+            rows.append(
+                {
+                    "model": name,
+                    "tool": "onnxruntime",
+                    "config": cfg_name,
+                    "family": family,
+                    "sqnr_db": round(sq, 2),
+                    "seconds": round(secs, 1),
+                }
+            )
+            print(f"{name:4s} {cfg_name:48s} {sq:7.2f} dB {secs:6.1f} s", flush=True)
+    return rows
+
+
+# ---- memory and speed: one calibration per child process ---------------------------------------------
+def child(tool: str, model_name: str, method: str, n: int) -> None:
+    """Run one calibration; print JSON with its wall time."""
+    cal = data.Samples(model_name, data.raw_files(model_name, n))
+    if tool == "ours":
+        _, secs = ours(model_name, {"family": "", "act_quantizer_calibration": method}, cal)
+    elif tool == "forward":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(data.model_path(model_name)), providers=["CPUExecutionProvider"])
+        t = time.perf_counter()
+        for s in cal:
+            sess.run(None, s)
+        secs = time.perf_counter() - t
+    else:
+        _, secs, _ = ort_quantize(model_name, cal, method=method)
+    print(json.dumps({"seconds": secs}))
+
+
+def run_child(tool: str, model_name: str, method: str, n: int) -> dict:
+    """Run ``child`` in a fresh process; return its wall time and peak RSS (from wait4)."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "_child", tool, model_name, method, str(n)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss_mb = usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        return {"ok": False, "rss_mb": round(rss_mb), "seconds": None, "exit": proc.returncode}
+    return {
+        "ok": True,
+        "rss_mb": round(rss_mb),
+        "seconds": json.loads(out.strip().splitlines()[-1])["seconds"],
+    }
+
+
+def memory(models: list[str], methods: list[str]) -> list[dict]:
+    rows = []
+    for name in models:
+        data.raw_files(name, 64)
+        for m in methods:
+            r16, r64 = run_child("ours", name, m, 16), run_child("ours", name, m, 64)
+            ratio = r64["rss_mb"] / r16["rss_mb"]
+            rows.append(
+                {
+                    "model": name,
+                    "method": m,
+                    "rss16_mb": r16["rss_mb"],
+                    "rss64_mb": r64["rss_mb"],
+                    "ratio": round(ratio, 3),
+                }
+            )
+            print(
+                f"{name} {m:10s} RSS 16: {r16['rss_mb']} MB  64: {r64['rss_mb']} MB  ratio {ratio:.3f}",
+                flush=True,
+            )
+    return rows
+
+
+ORT_METHOD = {"min-max": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int) -> list[dict]:
+    rows = []
+    for name in models:
+        fwd = {k: run_child("forward", name, "", k)["seconds"] for k in {n, n_ort_hist}}
+        for m in methods:
+            r = run_child("ours", name, m, n)
+            row = {
+                "model": name,
+                "method": m,
+                "samples": n,
+                "seconds": round(r["seconds"], 2),
+                "vs_forward": round(r["seconds"] / fwd[n], 2),
+            }
+            if m in ORT_METHOD:
+                k = n if m == "min-max" else n_ort_hist
+                o = run_child("ort", name, ORT_METHOD[m], k)
+                mine = r if k == n else run_child("ours", name, m, k)
+                row["ort_samples"] = k
+                row["ort_seconds"] = round(o["seconds"], 2) if o["ok"] else None
+                row["vs_ort"] = round(mine["seconds"] / o["seconds"], 3) if o["ok"] else None
+                row["ort_rss_mb"] = o["rss_mb"]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--models", nargs="+", default=["cls", "rec", "det"])
+    a.add_argument("--calibration", type=int, default=64)
+    a.add_argument("--heldout", type=int, default=8)
+    a.add_argument("--configs", nargs="*", help="substrings selecting configurations")
+    m = sub.add_parser("memory")
+    m.add_argument("--models", nargs="+", default=["det"])
+    m.add_argument("--methods", nargs="+", default=["min-max", "sqnr", "entropy", "mse", "percentile"])
+    s = sub.add_parser("speed")
+    s.add_argument("--models", nargs="+", default=["cls", "rec", "det"])
+    s.add_argument("--methods", nargs="+", default=["min-max", "sqnr", "entropy", "mse", "percentile"])
+    s.add_argument("--samples", type=int, default=64)
+    s.add_argument("--ort-histogram-samples", type=int, default=16)
+    for x in (a, m, s):
+        x.add_argument("--json", type=Path, help="write the rows as JSON here")
+    c = sub.add_parser("_child")
+    c.add_argument("tool")
+    c.add_argument("model")
+    c.add_argument("method")
+    c.add_argument("n", type=int)
+    args = p.parse_args()
+    if args.cmd == "_child":
+        child(args.tool, args.model, args.method, args.n)
+        return
+    if args.cmd == "accuracy":
+        rows = accuracy(args.models, args.calibration, args.heldout, args.configs)
+    elif args.cmd == "memory":
+        rows = memory(args.models, args.methods)
+    else:
+        rows = speed(args.models, args.methods, args.samples, args.ort_histogram_samples)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
