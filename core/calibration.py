@@ -19,6 +19,9 @@ class CalibrationOptions:
     """Options some calibration methods read."""
 
     percentile: float = 99.99  # --percentile_calibration_value, in [90, 100]
+    # --restrict_quantization_steps (qmin, qmax) when the encoding will be made with it, so methods
+    # that search score the grid the schema will really produce; None: the bitwidth's full range.
+    steps: tuple[int, int] | None = None
 
 
 class CalibrationMethod(ABC):
