@@ -1,0 +1,40 @@
+"""entropy: the range of least KL divergence between the histogram and its quantized version.
+
+TensorRT's entropy calibration, adapted to any schema: candidate ranges shrink each end of the observed
+range separately (asymmetric schemas) or both together (symmetric ones), and each candidate's cells are
+those of the grid the schema would produce.  Like TensorRT, a grid finer than the histogram's bins
+cannot be judged, so the range can shrink only while the step stays at least one bin wide; when no
+candidate qualifies (16-bit grids on a 2048-bin histogram) the observed range is used.
+"""
+
+from __future__ import annotations
+
+from opendlc.calibration import CalibrationMethod, CalibrationOptions
+from opendlc.calibration_search import CandidateGrids, kl_divergence, search_range, trivial_range
+from opendlc.hookspecs import hookimpl
+from opendlc.observers import TensorStats
+from opendlc.schemas import QuantizationSchema
+
+
+class Entropy(CalibrationMethod):
+    name = "entropy"
+    description = "searches the range of least KL divergence (TensorRT-style), per end for asymmetric schemas"
+
+    def choose_range(
+        self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
+    ) -> tuple[float, float]:
+        trivial = trivial_range(stats)
+        if trivial is not None:
+            return trivial
+        lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
+        full = CandidateGrids.from_ranges(schema, bitwidth, [lo], [hi], steps=options.steps)
+        if full.scale[0] < stats.width:  # even the full range has a step finer than a bin: no search
+            return stats.min, stats.max
+        return search_range(
+            stats, schema, bitwidth, lambda grids: kl_divergence(stats, grids), steps=options.steps
+        )
+
+
+@hookimpl
+def register_calibration_methods() -> list[CalibrationMethod]:
+    return [Entropy()]
