@@ -388,7 +388,7 @@ class _Checker:
                             f"({_known(core_types)})"
                         )
         else:
-            core_types = tuple(c for c in self.core_types if any(c in op.core_types for op in operators))
+            core_types = tuple(dict.fromkeys(c for op in operators for c in op.core_types))  # as first named
         used_archs = {a for op in operators for a in op.dsp_arch_types}
         if "UDO_PACKAGE_DSP_ARCH_TYPES" in pkg:
             path = f"{key}.UDO_PACKAGE_DSP_ARCH_TYPES"
@@ -543,7 +543,7 @@ class _Checker:
             if not ok:
                 raise UsageError(
                     f"{path}.default_value: expected {'a string' if wants_string else 'a number'} "
-                    f"for a {data_type} parameter, got {_kind(default)}"
+                    f"({data_type} parameter), got {_kind(default)}"
                 )
         return UdoParam(name=name, kind="scalar", data_type=data_type, path=path, default_value=default)
 
