@@ -16,4 +16,7 @@ def register_socs() -> list[Soc]:
         Soc(name="sa8255", soc_model=52, htp_arch="v73", vtcm_mb=8),
         Soc(name="qcs9100", soc_model=77, htp_arch="v73", vtcm_mb=8),
         Soc(name="ssg2115p", soc_model=46, htp_arch="v73", vtcm_mb=2),
+        # QNN_SOC_MODEL_QCS8550 = 66 in QnnTypes.h; the HTP compiler of QNN 2.51 names id 66 "QCS8550" and
+        # compiles it for v73 with 8 MB of VTCM (the settings it embeds in the context binary).
+        Soc(name="qcs8550", soc_model=66, htp_arch="v73", vtcm_mb=8),
     ]

@@ -1,0 +1,361 @@
+"""The QDQ model that HTP compiles, and the edits graph preparation makes to it.
+
+* :func:`qdq_model_for` -- a quantized container as a QDQ model (``opendlc.quant.export.to_qdq_model``);
+  an ONNX model that already holds QuantizeLinear/DequantizeLinear nodes is taken as it is.
+* :func:`expose_outputs` -- extra graph outputs; a quantized tensor is exposed as its dequantized value,
+  which is what HTP computes.
+* :func:`apply_buffer_types` -- the types of the graph's IO buffers.  A boundary tensor with an encoding
+  is ``fixedPoint8``/``fixedPoint16`` by default (the Quantize at an input and the Dequantize at an
+  output are taken out of the graph, so HTP reads and writes the integers), or ``float32`` (HTP quantizes
+  and dequantizes inside the graph), or the other bitwidth (a conversion is added).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from opendlc.container import Container
+from opendlc.errors import NotAvailableError, UsageError
+
+BUFFER_TYPES = ("float32", "fixedPoint8", "fixedPoint16")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+MS_DOMAIN = "com.microsoft"
+_INT_TYPES = {
+    (8, False): TensorProto.UINT8,
+    (8, True): TensorProto.INT8,
+    (16, False): TensorProto.UINT16,
+    (16, True): TensorProto.INT16,
+}
+
+
+@dataclass
+class Buffer:
+    """One input or output buffer of the HTP graph."""
+
+    name: str
+    shape: list[int | None]
+    dtype: str  # numpy name of what the graph reads/writes
+    buffer_type: str  # float32 | fixedPoint8 | fixedPoint16 | the dtype of an unquantized non-float tensor
+    scale: float | None = None  # fixed point: real = scale * (q + offset) (QNN convention)
+    offset: int | None = None
+    bitwidth: int | None = None
+    signed: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("name", "shape", "dtype")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Buffer:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+    @property
+    def fixed_point(self) -> bool:
+        return self.buffer_type.startswith("fixedPoint")
+
+    def quantize(self, real: np.ndarray) -> np.ndarray:
+        """Float values into this buffer's integers (round half to even, saturating), as HTP's IO does."""
+        dtype = np.dtype(self.dtype)
+        info = np.iinfo(dtype)
+        q = np.rint(np.asarray(real, dtype=np.float64) / self.scale) - self.offset  # type: ignore[operator]
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (self.scale * (q.astype(np.float64) + self.offset)).astype(np.float32)  # type: ignore[operator]
+
+
+# ---- which model -----------------------------------------------------------------------------------
+def has_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
+
+
+def qdq_model_for(container: Container) -> onnx.ModelProto:
+    """The QDQ model HTP compiles and the CPU simulation runs; a one-line error when not quantized."""
+    if container.encodings is not None:
+        try:
+            from opendlc.quant.export import to_qdq_model
+        except ImportError:
+            raise NotAvailableError("QDQ export (opendlc.quant.export) is not available") from None
+        return to_qdq_model(container)
+    if has_qdq(container.model):
+        return container.model
+    where = container.path or "the model"
+    raise UsageError(
+        f"{where}: not quantized -- HTP runs quantized models; quantize it first "
+        "(opendlc quantize / snpe-dlc-quantize)"
+    )
+
+
+# ---- small graph helpers ---------------------------------------------------------------------------
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    out = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = a.t
+    return out
+
+
+def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a tensor everywhere it is produced or read (graph outputs included)."""
+    for n in model.graph.node:
+        for i, v in enumerate(n.input):
+            if v == old:
+                n.input[i] = new
+        for i, v in enumerate(n.output):
+            if v == old:
+                n.output[i] = new
+    for o in model.graph.output:
+        if o.name == old:
+            o.name = new
+
+
+def _unique(model: onnx.ModelProto, base: str) -> str:
+    taken = {v for n in model.graph.node for v in (*n.input, *n.output)}
+    taken |= {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+@dataclass(frozen=True)
+class _Enc:
+    scale: float
+    zero_point: int
+    bits: int
+    signed: bool
+
+    @property
+    def elem_type(self) -> int:
+        return _INT_TYPES[(self.bits, self.signed)]
+
+    def with_bits(self, bits: int) -> _Enc:
+        """The same real range at another bitwidth (exact when widening)."""
+        if bits == self.bits:
+            return self
+        if self.signed:
+            factor = 2.0 ** (bits - self.bits)
+        else:
+            factor = (2.0**bits - 1) / (2.0**self.bits - 1)
+        return _Enc(self.scale / factor, int(round(self.zero_point * factor)), bits, self.signed)
+
+
+def _encoding_of(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> _Enc | None:
+    """The per-tensor encoding of a Q/DQ node with constant scale and zero point, else None."""
+    if len(node.input) < 3 or node.input[1] not in consts or node.input[2] not in consts:
+        return None
+    scale = numpy_helper.to_array(consts[node.input[1]])
+    zp_t = consts[node.input[2]]
+    if scale.size != 1:
+        return None
+    key = next((k for k, v in _INT_TYPES.items() if v == zp_t.data_type), None)
+    if key is None:
+        return None
+    zp = numpy_helper.to_array(zp_t)
+    return _Enc(float(scale.reshape(())), int(np.asarray(zp).reshape(())), key[0], key[1])
+
+
+def _qdq_node(
+    model: onnx.ModelProto, op: str, src: str, dst: str, enc: _Enc, like: onnx.NodeProto | None
+) -> onnx.NodeProto:
+    """A Q or DQ node with new constants; 16-bit types use com.microsoft's ops below opset 21."""
+    domain = like.domain if like is not None and enc.bits == 8 else ""
+    if enc.bits == 16 and _default_opset(model) < 21:
+        domain = MS_DOMAIN
+    if domain == MS_DOMAIN and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    s_name = _unique(model, f"{dst}__buffer_scale")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(enc.scale, dtype=np.float32), s_name))
+    z_name = _unique(model, f"{dst}__buffer_zero_point")
+    model.graph.initializer.append(helper.make_tensor(z_name, enc.elem_type, [], [enc.zero_point]))
+    return helper.make_node(op, [src, s_name, z_name], [dst], domain=domain)
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    g = inferred.graph
+    return {v.name: v.type for v in (*g.value_info, *g.input, *g.output)}
+
+
+# ---- extra outputs ---------------------------------------------------------------------------------
+def expose_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``tensors`` added as graph outputs (quantized ones dequantized)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    wanted = [t for t in dict.fromkeys(tensors) if t not in present]
+    if not wanted:
+        return out
+    types = _value_types(out)
+    for t in wanted:
+        q = next((n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == t), None)
+        dq = None
+        if q is not None:
+            dq = next(
+                (n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]),
+                None,
+            )
+        if dq is not None:
+            # t is float before quantization; HTP has only its quantized value: expose the DQ's output
+            # under t's name, and keep the float tensor (renamed) for whatever reads it.
+            _rename(out, t, _unique(out, f"{t}__prequant"))
+            _rename(out, dq.output[0], t)
+            out.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+        else:
+            vi = onnx.ValueInfoProto()
+            vi.name = t
+            if t in types:
+                vi.type.CopyFrom(types[t])
+            else:
+                vi.type.tensor_type.elem_type = TensorProto.FLOAT
+            out.graph.output.append(vi)
+    return out
+
+
+# ---- IO buffer types -------------------------------------------------------------------------------
+def parse_buffer_types(values: list[str]) -> dict[str, str]:
+    """``["name=fixedPoint8", ...]`` -> {name: type}; bad forms are one-line usage errors."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, eq, kind = v.rpartition("=")
+        if not eq or not name:
+            raise UsageError(
+                f"--buffer_data_type '{v}': expected NAME=TYPE (TYPE: {', '.join(BUFFER_TYPES)})"
+            )
+        if kind not in BUFFER_TYPES:
+            raise UsageError(
+                f"--buffer_data_type '{v}': unknown type '{kind}' (choose {', '.join(BUFFER_TYPES)})"
+            )
+        out[name] = kind
+    return out
+
+
+def _bits_of(kind: str) -> int:
+    return int(kind.removeprefix("fixedPoint"))
+
+
+def apply_buffer_types(
+    model: onnx.ModelProto, requested: dict[str, str], *, use_float_io: bool = False
+) -> tuple[onnx.ModelProto, list[Buffer], list[Buffer]]:
+    """Edit the graph's boundary so its IO buffers have the requested types; return (model, ins, outs)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {t.name for t in g.initializer}
+    in_names = [v.name for v in g.input if v.name not in inits]
+    out_names = [v.name for v in g.output]
+    unknown = [n for n in requested if n not in in_names and n not in out_names]
+    if unknown:
+        raise UsageError(
+            f"--buffer_data_type names {', '.join(unknown)}, not an input or output of the graph "
+            f"(inputs: {', '.join(in_names)}; outputs: {', '.join(out_names)})"
+        )
+    consts = _constants(out)
+    inputs = [_input_buffer(out, name, requested.get(name), use_float_io, consts) for name in in_names]
+    outputs = [_output_buffer(out, name, requested.get(name), use_float_io, consts) for name in out_names]
+    return out, inputs, outputs
+
+
+def _shape_of(v: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+
+
+def _plain_buffer(v: onnx.ValueInfoProto, asked: str | None, what: str) -> Buffer:
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type or TensorProto.FLOAT))
+    if asked is not None and asked.startswith("fixedPoint"):
+        raise UsageError(
+            f"--buffer_data_type {v.name}={asked}: {what} '{v.name}' carries no encoding "
+            "at the graph boundary"
+        )
+    if asked == "float32" and dtype != np.float32:
+        raise UsageError(f"--buffer_data_type {v.name}=float32: {what} '{v.name}' is {dtype.name}, not float")
+    kind = "float32" if dtype == np.float32 else dtype.name
+    return Buffer(v.name, _shape_of(v), dtype.name, kind)
+
+
+def _fixed(v: onnx.ValueInfoProto, enc: _Enc, kind: str) -> Buffer:
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(enc.elem_type))
+    return Buffer(v.name, _shape_of(v), dtype.name, kind, enc.scale, -enc.zero_point, enc.bits, enc.signed)
+
+
+def _choose(enc: _Enc, asked: str | None, use_float_io: bool) -> str:
+    return asked or ("float32" if use_float_io else f"fixedPoint{enc.bits}")
+
+
+def _input_buffer(
+    model: onnx.ModelProto, name: str, asked: str | None, use_float_io: bool, consts: dict
+) -> Buffer:
+    g = model.graph
+    v = next(i for i in g.input if i.name == name)
+    readers = [n for n in g.node if name in n.input]
+    quants = [n for n in readers if n.op_type == "QuantizeLinear" and n.input[0] == name]
+    encs = {_encoding_of(n, consts) for n in quants}
+    if not readers or len(quants) != len(readers) or len(encs) != 1 or None in encs:
+        return _plain_buffer(v, asked, "input")  # not (uniformly) quantized where it enters
+    enc = encs.pop()
+    assert enc is not None
+    kind = _choose(enc, asked, use_float_io)
+    if kind == "float32":
+        return Buffer(
+            name, _shape_of(v), "float32", "float32", enc.scale, -enc.zero_point, enc.bits, enc.signed
+        )
+    target = enc.with_bits(_bits_of(kind))
+    if target == enc:  # HTP reads the integers the Quantize would have made
+        for q in quants:
+            g.node.remove(q)
+            _rename(model, q.output[0], name)
+    else:  # the buffer holds another bitwidth: dequantize it first, the graph's Quantize converts
+        f_name = _unique(model, f"{name}__buffer_float")
+        for q in quants:
+            q.input[0] = f_name
+        g.node.insert(0, _qdq_node(model, "DequantizeLinear", name, f_name, target, quants[0]))
+    v.type.tensor_type.elem_type = target.elem_type
+    return _fixed(v, target, kind)
+
+
+def _output_buffer(
+    model: onnx.ModelProto, name: str, asked: str | None, use_float_io: bool, consts: dict
+) -> Buffer:
+    g = model.graph
+    v = next(o for o in g.output if o.name == name)
+    producer = next((n for n in g.node if name in n.output), None)
+    enc = (
+        _encoding_of(producer, consts)
+        if producer is not None and producer.op_type == "DequantizeLinear"
+        else None
+    )
+    source_made = enc is not None and any(producer.input[0] in n.output for n in g.node)  # type: ignore[union-attr]
+    if enc is None or not source_made:
+        return _plain_buffer(v, asked, "output")
+    kind = _choose(enc, asked, use_float_io)
+    if kind == "float32":
+        return Buffer(
+            name, _shape_of(v), "float32", "float32", enc.scale, -enc.zero_point, enc.bits, enc.signed
+        )
+    target = enc.with_bits(_bits_of(kind))
+    assert producer is not None
+    internal = _unique(model, f"{name}__dequantized")
+    _rename(model, name, internal)  # the float value keeps feeding whatever reads it inside
+    v.name = name  # ... but the graph output stays under its name
+    if target == enc:  # HTP writes the integers the Dequantize read
+        quantized = producer.input[0]
+        _rename(model, quantized, name)
+        if not any(internal in n.input for n in g.node):
+            g.node.remove(producer)
+    else:
+        g.node.append(_qdq_node(model, "QuantizeLinear", internal, name, target, producer))
+    v.type.tensor_type.elem_type = target.elem_type
+    return _fixed(v, target, kind)
