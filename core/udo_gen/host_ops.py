@@ -430,6 +430,7 @@ def _node_params(
 
 # Registering the Python ops ----------------------------------------------------------------------
 _registered: set[str] = set()
+_announced: set[str] = set()
 _errors: list[str] = []
 
 
@@ -558,10 +559,14 @@ def prepare_session(
     counts: dict[str, int] = {}
     for label in rewriter.rewritten:
         counts[label] = counts.get(label, 0) + 1
-    log.info(
+    summary = ", ".join(f"{n} x {label}" for label, n in sorted(counts.items()))
+    # an engine makes several sessions of one model: say it once
+    log.log(
+        logging.DEBUG if summary in _announced else logging.INFO,
         "running user-defined ops on the host: %s",
-        ", ".join(f"{n} x {label}" for label, n in sorted(counts.items())),
+        summary,
     )
+    _announced.add(summary)
     return out
 
 
