@@ -332,6 +332,9 @@ def quantize_file(
         prepare = htp_preparer()  # after the names: an unknown SoC is a usage error either way
     if options.use_aimet_quantizer:
         require_aimet()
+        from opendlc.aimet_quant import check_aimet_options
+
+        check_aimet_options(options)
 
     source = dlc.load(input_dlc)
     _check_io_names(source.model, options.preserve_io_datatype)

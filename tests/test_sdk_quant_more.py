@@ -18,6 +18,7 @@ import opendlc.htp
 from opendlc import container as dlc
 from opendlc.cli.logging_options import LogSettings, configure_logging
 from opendlc.cli.quant_options import build_parser, parse_command
+from opendlc.errors import UsageError
 from opendlc.quant.options import QuantizerOptions
 from opendlc.quant_io import quantize_file, strip_container
 
@@ -667,3 +668,22 @@ def test_help_lists_every_option_in_our_words(prog, capsys):
 def test_version(prog, capsys):
     rc, out, _ = _run(prog, ["--version"], capsys)
     assert rc == 0 and out.startswith(prog) and "opendlc" in out
+
+
+def test_aimet_path_refuses_what_aimet_cannot_do():
+    from opendlc.aimet_quant import check_aimet_options
+
+    assert check_aimet_options(QuantizerOptions()) == "min_max"
+    both = QuantizerOptions(act_quantizer_calibration="enhanced", param_quantizer_calibration="enhanced")
+    assert check_aimet_options(both) == "tf_enhanced"
+    for bad, words in (
+        (QuantizerOptions(param_quantizer_schema="symmetric"), "--param_quantizer_schema"),
+        (QuantizerOptions(use_per_row_quantization=True), "--use_per_row_quantization"),
+        (QuantizerOptions(act_quantizer_calibration="enhanced"), "one calibration method"),
+        (
+            QuantizerOptions(act_quantizer_calibration="mse", param_quantizer_calibration="mse"),
+            "'mse' has no aimet-onnx equivalent",
+        ),
+    ):
+        with pytest.raises(UsageError, match=words):
+            check_aimet_options(bad)
