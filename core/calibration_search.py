@@ -311,6 +311,13 @@ def kl_divergence(stats: TensorStats, grids: CandidateGrids) -> np.ndarray:
     out = np.full(len(grids), np.inf)
     n = stats.hist.astype(np.float64)
     nbins = n.size
+    zero_bin = -stats.first_bin  # the bin [0, width): exact zeros (ReLU, padding) land there
+    if 0 <= zero_bin < nbins:
+        # Zero is a point of every grid, so exact zeros lose nothing; but spread evenly over their cell
+        # (as Q is) a zero spike would dominate the divergence.  Like ncnn's calibrator, leave it out.
+        n[zero_bin] = 0.0
+    if not n.any():
+        return out
     if stats.empty or nbins < 2 or len(grids) == 0:
         return out
     w = stats.width
