@@ -67,6 +67,7 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_layout_of_a_package_with_every_core_type(tmp_path):
     config_path = write_config(tmp_path, sdk_style_config())
+    config_path.write_bytes(config_path.read_bytes().replace(b"\n", b"\r\n"))  # a config from Windows
     result = ok(run("-p", config_path, "-o", tmp_path / "out", prog="snpe-udo-package-generator"))
     root = tmp_path / "out" / PKG
     assert f"generated UDO package {PKG} at {root}" in result.stdout

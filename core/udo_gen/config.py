@@ -203,7 +203,7 @@ def load_config(
     """Read and validate the config file at ``path``; problems are one-line UsageErrors naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # line endings kept: config/ gets an exact copy
     except FileNotFoundError:
         raise UsageError(f"{path}: no such config file") from None
     except IsADirectoryError:

@@ -56,7 +56,7 @@ class CommonTemplateSet(JinjaUdoTemplateSet):
         written = super().render(package, out_dir)
         config_copy = out_dir / "config" / package.config_name
         config_copy.parent.mkdir(parents=True, exist_ok=True)
-        config_copy.write_text(package.config_text, encoding="utf-8")  # the config exactly as read
+        config_copy.write_bytes(package.config_text.encode("utf-8"))  # the config exactly as read
         return [*written, config_copy]
 
 
