@@ -123,10 +123,16 @@ def test_per_channel_weights_bias32_and_htp_constraints(net):
     s_in = enc["x"].encodings[0].scale
     assert [e.bitwidth for e in b1.encodings] == [32] * 4
     assert np.allclose([e.scale for e in b1.encodings], [s_in * e.scale for e in w1.encodings], rtol=1e-12)
-    # Sigmoid output fixed to [0, 1); Reshape shares its input's encoding
-    s = enc["s"].encodings[0]
-    assert (s.scale, s.offset) == (2.0**-8, 0)
+    # Reshape shares its input's encoding; 8-bit Sigmoid keeps its calibrated range
     assert enc["y"].encodings == enc["m"].encodings
+    assert enc["s"].source == "calibration"
+    # 16-bit Sigmoid: QNN's fixed [0, 1) encoding
+    s16 = (
+        quantize(net, samples(8), QuantizerOptions(act_bitwidth=16), progress=False)
+        .encodings["s"]
+        .encodings[0]
+    )
+    assert (s16.scale, s16.offset) == (2.0**-16, 0)
 
 
 def test_schemas_and_bitwidths_reach_the_encodings(net):

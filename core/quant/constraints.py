@@ -22,9 +22,10 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def fixed_output(
-    model: onnx.ModelProto, encodings: EncodingSet, fixed: dict[str, Callable[[int], Encoding]]
+    model: onnx.ModelProto, encodings: EncodingSet, fixed: dict[str, Callable[[int], Encoding | None]]
 ) -> int:
-    """Set the output encoding of every node whose op type is in ``fixed`` (op -> bitwidth -> Encoding)."""
+    """Set the output encoding of every node whose op type is in ``fixed`` (op -> bitwidth -> Encoding,
+    or None where that bitwidth keeps its calibrated range)."""
     changed = 0
     for node in model.graph.node:
         make = fixed.get(node.op_type)
@@ -33,7 +34,7 @@ def fixed_output(
             continue
         current = encodings[out]
         enc = make(current.encodings[0].bitwidth)
-        if current.encodings != [enc]:
+        if enc is not None and current.encodings != [enc]:
             encodings.add(TensorEncoding(out, "activation", [enc], None, "int", None, "constraint"))
             changed += 1
     return changed

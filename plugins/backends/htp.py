@@ -1,8 +1,8 @@
 """The HTP backend: what it supports, and the encodings its runtime needs.
 
 Constraints (from QNN HTP's operator definitions, as onnxruntime's QNN quantization helpers apply them):
-- Sigmoid and Softmax outputs use the fixed range [0, 1) (scale 2^-b, offset 0), Tanh [-1, 1)
-  (scale 2^-(b-1), offset -2^(b-1));
+- 16-bit Sigmoid outputs use the fixed range [0, 1) (scale 2^-16, offset 0), 16-bit Tanh [-1, 1)
+  (scale 2^-15, offset -2^15); at 8 bits their calibrated ranges stand;
 - data-movement ops (Reshape, Transpose, MaxPool, Slice, ...) keep their input's encoding, and a Concat's
   private inputs share its output encoding, so nothing is requantized inside them;
 - per-channel weights are symmetric (signed, offset 0).
@@ -50,18 +50,22 @@ SHARED = frozenset(
 )
 
 
-def _unit_interval(bw: int) -> Encoding:
+def _unit_interval(bw: int) -> Encoding | None:
+    if bw != 16:
+        return None
     scale = 2.0**-bw
     return Encoding(bw, scale, 0, 0.0, (2**bw - 1) * scale, False, False)
 
 
-def _signed_unit_interval(bw: int) -> Encoding:
+def _signed_unit_interval(bw: int) -> Encoding | None:
+    if bw != 16:
+        return None
     scale = 2.0 ** -(bw - 1)
     offset = -(2 ** (bw - 1))
     return Encoding(bw, scale, offset, -1.0, (2**bw - 1 + offset) * scale, False, False)
 
 
-FIXED = {"Sigmoid": _unit_interval, "Softmax": _unit_interval, "Tanh": _signed_unit_interval}
+FIXED = {"Sigmoid": _unit_interval, "Tanh": _signed_unit_interval}
 
 
 class HtpBackend(Backend):
