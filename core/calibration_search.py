@@ -425,8 +425,16 @@ def search_range(
     lo0, hi0 = min(stats.min, 0.0), max(stats.max, 0.0)
     coarse = shrink_factors() if factors is None else np.asarray(factors, dtype=np.float64)
 
+    seen: dict[tuple[float, float], float] = {}  # sweeps revisit pairs once they converge
+
     def score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return cost(CandidateGrids.from_ranges(schema, bitwidth, lo0 * a, hi0 * b, steps=steps))
+        pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+        new = list(dict.fromkeys(p for p in pairs if p not in seen))
+        if new:
+            na, nb = np.array(new).T
+            grids = CandidateGrids.from_ranges(schema, bitwidth, lo0 * na, hi0 * nb, steps=steps)
+            seen.update(zip(new, np.asarray(cost(grids), dtype=np.float64).tolist(), strict=True))
+        return np.array([seen[p] for p in pairs])
 
     def best(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
         c = score(a, b)

@@ -2,13 +2,13 @@
 
 The SDK documents it only as "the adjusted tf quantizer for quantizing the weights only", for 8-bit
 weights, that "might be helpful for improving the accuracy of some models"; its exact rule is not
-public.  This is an openly specified equivalent of what the name and the SDK's description of it
-(adjusting min or max instead of using the true ones) suggest: min-max keeps zero exact by rounding the
-offset, which can push the smallest or largest weight up to half a step outside the grid, where it is
-clipped.  Here the range is widened instead -- never narrowed -- so that zero is a grid point and both
-extremes lie on the grid: for every integer offset near the min-max one, the smallest step whose grid
-covers [min, max] (one extreme then lands exactly on a grid point), keeping the candidate of least
-expected squared error.  Symmetric grids already cover [-max|x|, max|x|], so there it is min-max.
+public.  This is an openly specified equivalent of what the name describes, a min-max ("tf") range,
+adjusted: min-max keeps zero exact by rounding the offset, which can push the smallest or largest
+weight up to half a step outside the grid, where it is clipped.  Here the range is widened instead --
+never narrowed -- so that zero is a grid point and both extremes lie on the grid: for every integer
+offset near the min-max one, the smallest step whose grid covers [min, max] (one extreme then lands on
+a grid point, to float32 rounding), keeping the one of least expected squared error.  Symmetric
+grids already cover [-max|x|, max|x|], so there it is min-max.
 It works at any bitwidth; the SDK applies it to 8-bit weights only.
 """
 
