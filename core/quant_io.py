@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -293,6 +294,7 @@ def quantize_file(
     export_stripped_dlc: bool = False,
     htp_socs: list[str] | None = None,
     overwrite_cache_records: bool = False,
+    htp_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> QuantizeResult:
     """Quantize the model in ``input_dlc`` (a container or an ``.onnx``) and write the results.
@@ -303,7 +305,8 @@ def quantize_file(
     ``dump_encoding_json`` also writes its encodings as an AIMET file ``<output stem>_encoding.json``
     in ``encoding_json_version``; ``export_stripped_dlc`` writes the container through
     :func:`strip_container`; ``htp_socs`` adds HTP cache records for those SoCs
-    (``opendlc.htp.prepare_container``).  Every input is checked before calibration starts; nothing is
+    (``opendlc.htp.prepare_container``, given ``htp_options`` such as ``use_float_io`` and the
+    ``udo_package_path`` of ``options``).  Every input is checked before calibration starts; nothing is
     written unless everything succeeds.
     """
     input_dlc = Path(input_dlc)
@@ -357,7 +360,12 @@ def quantize_file(
         # The quantizer writes no tensor files itself: the choice is kept for whoever runs the model.
         quantized.meta["use_native_output_files"] = True
     if prepare is not None:
-        quantized = prepare(quantized, socs=socs, overwrite=overwrite_cache_records)
+        extra_prepare = dict(htp_options or {})
+        if options.udo_package_path:
+            extra_prepare.setdefault("udo_package_path", list(options.udo_package_path))
+        quantized = prepare(
+            quantized, socs=socs, overwrite=overwrite_cache_records, progress=progress, **extra_prepare
+        )
     if export_stripped_dlc:
         quantized = strip_container(quantized)
 

@@ -153,8 +153,9 @@ def check_defaults(r: Run) -> None:
     assert e.max - e.min <= (data.max() - data.min()) + 2 * e.scale
     assert not e.is_symmetric and e.offset < 0  # asymmetric: zero point inside the range
     assert all(not r.enc[w].encodings[0].is_symmetric for w in WEIGHTS)
-    # HTP constraint: Sigmoid's output has the fixed [0, 1) encoding
-    assert r.enc["s"].encodings[0].scale == pytest.approx(1 / 256) and r.enc["s"].source == "constraint"
+    # HTP constraint: Sigmoid's output has the fixed [0, 1] encoding
+    s = r.enc["s"].encodings[0]
+    assert s.offset == 0 and s.scale == pytest.approx(1 / 255)
 
 
 def check_act16(r):
@@ -279,7 +280,8 @@ def _method_used(kind: str, method: str):
 def check_enhanced_both(r):
     q = r.quantizer()
     assert q["act_quantizer_calibration"] == q["param_quantizer_calibration"] == "enhanced"
-    _narrower_than_min_max(r, "x")
+    _method_used("act", "enhanced")(r)
+    _method_used("param", "enhanced")(r)
 
 
 def check_use_enhanced(r):
@@ -348,8 +350,12 @@ def check_adjust_bias(r):
     # channel 0 of w2 is tiny and its bias 1000: the weight scale is widened so the 32-bit bias fits
     plain = r.rerun(opt(r.prog, "use_per_channel_quantization") + opt(r.prog, "bias_bitwidth", "32"))
     assert r.enc["w2"].encodings[0].scale > 1.5 * plain.encodings["w2"].encodings[0].scale
-    e = r.enc["b2"].encodings[0]
-    assert e.max >= 1000.0 > plain.encodings["b2"].encodings[0].max
+    # with the adjustment, bias scale = input scale x weight scale holds on that channel too
+    s_in = r.enc["r1"].encodings[0].scale
+    assert r.enc["b2"].encodings[0].max >= 1000.0
+    assert r.enc["b2"].encodings[0].scale == pytest.approx(s_in * r.enc["w2"].encodings[0].scale, rel=1e-6)
+    p_in = plain.encodings["r1"].encodings[0].scale
+    assert plain.encodings["b2"].encodings[0].scale > 1.5 * p_in * plain.encodings["w2"].encodings[0].scale
 
 
 def check_preserve_named(r):
@@ -412,7 +418,10 @@ def check_stripped(r):
 
 def check_backend_cpu(r):
     assert r.quantizer()["target_backend"] == "CPU"
-    assert r.enc["s"].source == "calibration"  # no HTP constraint on Sigmoid
+    # HTP makes per-channel weights symmetric; the CPU backend keeps the asymmetric schema asked for
+    assert any(e.offset != 0 for e in r.enc["w1"].encodings) and len(r.enc["w1"].encodings) == 4
+    htp = r.rerun(opt(r.prog, "use_per_channel_quantization")).encodings["w1"]
+    assert all(e.offset == 0 and e.is_symmetric for e in htp.encodings)
 
 
 def check_soc(r):
@@ -824,7 +833,14 @@ ROWS: list[Row] = [
         check_stripped,
         True,
     ),
-    ("target_backend-cpu", QAIRT, "conv", lambda p: opt(p, "target_backend", "CPU"), check_backend_cpu, True),
+    (
+        "target_backend-cpu",
+        QAIRT,
+        "conv",
+        lambda p: opt(p, "target_backend", "CPU") + opt(p, "use_per_channel_quantization"),
+        check_backend_cpu,
+        True,
+    ),
     (
         "target_soc_model",
         QAIRT,

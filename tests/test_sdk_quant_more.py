@@ -407,6 +407,7 @@ def test_use_float_io_is_enable_htp(case, tmp_path, capsys):
     args = sq.io_args("snpe-dlc-quantize", case.model, case.input_list, tmp_path / "o.dlc")
     cmd = _parse("snpe-dlc-quantize", [*args, "--use_float_io", "--htp_socs", "sm8550,sm8650"])
     assert cmd.htp_socs == ["sm8550", "sm8650"]
+    assert cmd.htp_options == {"use_float_io": True}
     assert "--use_float_io is deprecated; use --enable_htp" in capsys.readouterr().err
     # without --enable_htp, the HTP options only warn
     cmd = _parse("snpe-dlc-quantize", [*args, "--htp_socs=sm8650", "--overwrite_cache_records"])
@@ -554,8 +555,8 @@ def test_enable_htp_hands_the_quantized_container_to_htp_preparation(case, tmp_p
     returns is what is written.  (A recording stand-in for the preparer; the real one is tested below.)"""
     seen = {}
 
-    def prepare_container(container, *, socs, overwrite):
-        seen.update(socs=socs, overwrite=overwrite, quantized=container.quantized)
+    def prepare_container(container, *, socs, overwrite, progress, **options):
+        seen.update(socs=socs, overwrite=overwrite, quantized=container.quantized, options=options)
         container.records.append(dlc.CacheRecord("rec0", {"soc": socs[0]}, b"prepared"))
         return container
 
@@ -568,10 +569,12 @@ def test_enable_htp_hands_the_quantized_container_to_htp_preparation(case, tmp_p
         capsys,
     )
     assert rc == 0, err
-    assert seen == {"socs": ["sm8550", "sm8650"], "overwrite": True, "quantized": True}
+    assert seen == {"socs": ["sm8550", "sm8650"], "overwrite": True, "quantized": True, "options": {}}
     assert [r.data for r in dlc.load(out).records] == [b"prepared"]
     rc, _, err = _run("snpe-dlc-quantize", [*args, "--enable_htp"], capsys)
     assert rc == 0 and seen["socs"] == ["sm8650"] and seen["overwrite"] is False  # the default SoC
+    rc, _, err = _run("snpe-dlc-quantize", [*args, "--use_float_io"], capsys)
+    assert rc == 0 and seen["options"] == {"use_float_io": True}, err
 
 
 def test_enable_htp_writes_real_cache_records(case, tmp_path, capsys):

@@ -167,7 +167,11 @@ def _snpe_options(p: argparse.ArgumentParser, dialect: str) -> None:
             action="store_true",
             help="Replace cache records the input already has for the same SoCs.",
         )
-        htp.add_argument("--use_float_io", action="store_true", help="Old name of --enable_htp (deprecated).")
+        htp.add_argument(
+            "--use_float_io",
+            action="store_true",
+            help="Deprecated: --enable_htp, with the HTP graph taking float32 inputs and outputs.",
+        )
     q = p.add_argument_group("quantization")
     q.add_argument(
         "--weights_bitwidth", type=int, metavar="N", help="Bits of weight encodings: 4, 8 (default) or 16."
@@ -491,6 +495,7 @@ class QuantizeCommand:
     export_stripped_dlc: bool = False
     htp_socs: list[str] | None = None
     overwrite_cache_records: bool = False
+    htp_options: dict[str, Any] = field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -716,9 +721,13 @@ def _snpe_command(dialect: str, given: dict[str, Any]) -> QuantizeCommand:
     htp_socs = None
     overwrite = given.get("overwrite_cache_records", False)
     enable_htp = given.get("enable_htp", False)
+    htp_options: dict[str, Any] = {}
     if given.get("use_float_io"):
-        _deprecated("--use_float_io", "use --enable_htp")
+        _deprecated(
+            "--use_float_io", "use --enable_htp (here the HTP graph also gets float32 inputs and outputs)"
+        )
         enable_htp = True
+        htp_options["use_float_io"] = True
     if enable_htp:
         htp_socs = _split_commas([given["htp_socs"]]) if "htp_socs" in given else [DEFAULT_HTP_SOC]
     else:
@@ -736,6 +745,7 @@ def _snpe_command(dialect: str, given: dict[str, Any]) -> QuantizeCommand:
         use_native_output_files=given.get("use_native_output_files", False),
         htp_socs=htp_socs,
         overwrite_cache_records=overwrite,
+        htp_options=htp_options,
     )
 
 
