@@ -54,10 +54,10 @@ def captured_native_output() -> Iterator[Captured]:
 def terminal_console() -> Console:
     """A console on the process's original stderr, so progress keeps showing while fds are captured."""
     global _console
+    try:
+        fd = sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):  # stderr is not a file (test capture, embedding)
+        return Console(stderr=True)
     if _console is None:
-        try:
-            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
-        except (OSError, ValueError, AttributeError):  # no real stderr (embedded, some test runners)
-            stream = sys.stderr
-        _console = Console(file=stream, stderr=True)
+        _console = Console(file=os.fdopen(os.dup(fd), "w", buffering=1), stderr=True)
     return _console

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from opendlc.htp.qnn import HtpError, create_session
+from opendlc.htp.qnn import HtpError, compile_to_context, create_session
 
 MS_DOMAIN = "com.microsoft"
 _SKIP_ATTRS = {"ep_cache_context", "embed_mode"}
@@ -32,13 +32,14 @@ class CompiledContext:
     graph: dict[str, Any]  # {"inputs": [...], "outputs": [...], "nodes": [...]} of the wrapper
     sdk_version: str  # the QNN SDK build that compiled it (EPContext ``ep_sdk_version``)
     compiled_for: dict[str, Any]  # settings the compiler embedded in the binary (informational)
+    unquantized: list[tuple[str, str]]  # (node, op type) HTP runs outside a quantized group
 
 
 def compile_context(model: bytes, options: dict[str, str], *, what: str) -> CompiledContext:
     """Compile a serialized QDQ model with the HTP backend (``options`` from ``provider_options``)."""
     with tempfile.TemporaryDirectory(prefix="opendlc-htp-") as d:
         ctx = Path(d, "ctx.onnx")
-        create_session(model, options, what=what, context_path=str(ctx))
+        unquantized = compile_to_context(model, options, str(ctx), what=what)
         if not ctx.is_file():
             raise HtpError(f"HTP {what}: onnxruntime wrote no EPContext model")
         wrapper = onnx.load(str(ctx), load_external_data=False)
@@ -59,7 +60,7 @@ def compile_context(model: bytes, options: dict[str, str], *, what: str) -> Comp
     sdk = next(
         (a.s.decode() for n in wrapper.graph.node for a in n.attribute if a.name == "ep_sdk_version"), ""
     )
-    return CompiledContext(binary, describe_wrapper(wrapper), sdk, compiled_settings(binary))
+    return CompiledContext(binary, describe_wrapper(wrapper), sdk, compiled_settings(binary), unquantized)
 
 
 def describe_wrapper(wrapper: onnx.ModelProto) -> dict[str, Any]:

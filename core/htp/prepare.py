@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +30,7 @@ from opendlc.container import CacheRecord, Container
 from opendlc.errors import OpendlcError, UsageError
 from opendlc.htp import qdq
 from opendlc.htp._native import terminal_console
+from opendlc.htp.qnn import library_versions
 from opendlc.input_list import input_specs, resolve_outputs
 from opendlc.model_edit import set_input_shapes
 from opendlc.plugin_manager import get_plugin_manager
@@ -186,7 +188,9 @@ class PreparedModel:
 
 def prepare_model(container: Container, options: HtpPrepareOptions) -> PreparedModel:
     """The container's QDQ model with the options' shapes, outputs and IO buffer types applied."""
-    model = qdq.qdq_model_for(container)
+    model, notes = qdq.lower_for_htp(qdq.qdq_model_for(container))
+    for note in notes:
+        log.log(15, "HTP lowering: %s", note)
     if options.input_dimensions:
         model = set_input_shapes(model, {k: [int(d) for d in v] for k, v in options.input_dimensions.items()})
     try:
@@ -282,7 +286,10 @@ def prepare_records(
             log.info("%s: the stored record was made for other settings or another model; replacing it", rid)
         to_make.append((rid, _with_options(target, options)))
 
+    if to_make:
+        library_versions()  # the HTP libraries are there (else one line saying how to get them)
     compiled = _run_jobs(to_make, prepared.model, options) if to_make else {}
+    _warn_unquantized(compiled)
     made_records: dict[str, CacheRecord] = {}
     results: list[TargetResult] = []
     for rid, target in to_make:
@@ -328,6 +335,23 @@ def prepare_container(
     return prepare_records(
         container, socs=socs, archs=archs, overwrite=overwrite, options=HtpPrepareOptions(**options)
     ).container
+
+
+def _warn_unquantized(compiled: dict[str, tuple[PreparedRecord, float]]) -> None:
+    seen: set[tuple[str, ...]] = set()
+    for rid, (made, _) in compiled.items():
+        ops = made.info.get("unquantized_ops", [])
+        key = tuple(sorted(d["name"] for d in ops))
+        if not ops or key in seen:
+            continue
+        seen.add(key)
+        kinds = Counter(d["op_type"] for d in ops)
+        log.warning(
+            "%s: HTP runs %d node(s) outside a quantized group, unquantized (float16 for float data): %s",
+            rid,
+            len(ops),
+            ", ".join(f"{op} x{n}" for op, n in kinds.most_common()),
+        )
 
 
 def _with_options(target: PrepareTarget, options: HtpPrepareOptions) -> PrepareTarget:

@@ -190,6 +190,192 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return {v.name: v.type for v in (*g.value_info, *g.input, *g.output)}
 
 
+# ---- lowering for the QNN EP -----------------------------------------------------------------------
+_TAKES_BIAS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def lower_for_htp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """The same quantized arithmetic, in the QDQ shapes onnxruntime's QNN EP maps onto quantized HTP ops.
+
+    * ``op -> Relu/Clip -> Quantize`` with no encoding in between (the activation runs fused into the
+      op, as QNN does): the activation's output encoding is repeated between op and activation.
+      Quantizing before or after a Relu is the same when zero is on the grid; a Clip is only treated
+      when its bounds lie on the grid or outside the encoding's range, so nothing changes numerically.
+    * biases quantized to 8 or 16 bits: the QNN EP groups Conv/Gemm into a quantized op only with an
+      int32 bias, so the bias values (exactly as quantized) are re-encoded at scale input x weight.
+
+    Returns the model and one line per kind of change.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    notes = []
+    n_act = _encode_fused_activations(out)
+    if n_act:
+        notes.append(f"{n_act} fused Relu/Clip given their op's output encoding")
+    n_bias = _int32_biases(out)
+    if n_bias:
+        notes.append(f"{n_bias} bias(es) re-encoded as int32 at scale input x weight")
+    return out, notes
+
+
+def _clip_bounds(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> tuple[float, float] | None:
+    lo, hi = -np.inf, np.inf
+    for a in node.attribute:  # opset < 11
+        if a.name == "min":
+            lo = a.f
+        elif a.name == "max":
+            hi = a.f
+    for i, bound in ((1, "lo"), (2, "hi")):
+        if len(node.input) > i and node.input[i]:
+            if node.input[i] not in consts:
+                return None
+            value = float(numpy_helper.to_array(consts[node.input[i]]).reshape(()))
+            lo, hi = (value, hi) if bound == "lo" else (lo, value)
+    return lo, hi
+
+
+def _activation_exact(node: onnx.NodeProto, enc: _Enc, consts: dict[str, onnx.TensorProto]) -> bool:
+    """Quantizing with ``enc`` before ``node`` gives the same integers as after it."""
+    if node.op_type == "Relu":
+        return True  # zero is on every grid opendlc and onnxruntime make
+    bounds = _clip_bounds(node, consts)
+    if bounds is None:
+        return False
+    info = np.iinfo(helper.tensor_dtype_to_np_dtype(enc.elem_type))
+    grid_lo, grid_hi = enc.scale * (info.min - enc.zero_point), enc.scale * (info.max - enc.zero_point)
+
+    def fine(bound: float) -> bool:
+        if not np.isfinite(bound) or bound <= grid_lo or bound >= grid_hi:
+            return True
+        steps = bound / enc.scale
+        return abs(steps - round(steps)) < 1e-4
+
+    return fine(bounds[0]) and fine(bounds[1])
+
+
+def _encode_fused_activations(model: onnx.ModelProto) -> int:
+    consts = _constants(model)
+    producers, readers = _producers(model), _readers(model)
+    before_act: dict[str, list[onnx.NodeProto]] = {}  # activation output -> the Q/DQ to put before it
+    for act in [n for n in model.graph.node if n.op_type in ("Relu", "Clip")]:
+        src = act.input[0]
+        before = producers.get(src)
+        after = readers.get(act.output[0], [])
+        if before is None or before.op_type in QDQ_OPS or len(after) != 1 or len(readers.get(src, [])) != 1:
+            continue
+        q = after[0]
+        enc = _encoding_of(q, consts) if q.op_type == "QuantizeLinear" else None
+        if enc is None or not _activation_exact(act, enc, consts):
+            continue
+        q_out, dq_out = _unique(model, f"{src}__htp_q"), _unique(model, f"{src}__htp_dq")
+        before_act[act.output[0]] = [
+            helper.make_node("QuantizeLinear", [src, q.input[1], q.input[2]], [q_out], domain=q.domain),
+            helper.make_node("DequantizeLinear", [q_out, q.input[1], q.input[2]], [dq_out], domain=q.domain),
+        ]
+        act.input[0] = dq_out  # the live node: the graph is rebuilt once, below
+    if before_act:
+        nodes = []
+        for n in model.graph.node:
+            nodes += before_act.get(n.output[0], []) if n.output else []
+            nodes.append(n)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return len(before_act)
+
+
+def _int32_biases(model: onnx.ModelProto) -> int:
+    consts = _constants(model)
+    producers = _producers(model)
+    added: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        at = _TAKES_BIAS.get(node.op_type)
+        if at is None or len(node.input) <= at or not node.input[at]:
+            continue
+        b_dq, x_dq, w_dq = (producers.get(node.input[i]) for i in (at, 0, 1))
+        if any(d is None or d.op_type != "DequantizeLinear" for d in (b_dq, x_dq, w_dq)):
+            continue
+        assert b_dq is not None and x_dq is not None and w_dq is not None
+        if any(i not in consts for i in (*b_dq.input[:3], x_dq.input[1], w_dq.input[1])):
+            continue
+        b_q = consts[b_dq.input[0]]
+        if b_q.data_type == TensorProto.INT32:
+            continue
+        bias = _dequantized(b_q, consts[b_dq.input[1]], consts[b_dq.input[2]], b_dq)
+        s_x = numpy_helper.to_array(consts[x_dq.input[1]]).astype(np.float64)
+        s_w = numpy_helper.to_array(consts[w_dq.input[1]]).astype(np.float64).reshape(-1)
+        if s_x.size != 1 or s_w.size not in (1, bias.size):
+            continue
+        scale = (float(s_x.reshape(())) * s_w).astype(np.float32)
+        q32 = np.rint(bias / np.broadcast_to(scale.astype(np.float64), bias.shape)).astype(np.int64)
+        if np.abs(q32).max(initial=0) >= 2**31:
+            continue
+        base = _unique(model, f"{node.input[at]}__int32")
+        if any(base == d.output[0] for d in added):
+            base = f"{base}_{len(added)}"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q32.astype(np.int32), f"{base}_values"),
+                numpy_helper.from_array(scale if scale.size > 1 else scale.reshape(()), f"{base}_scale"),
+                numpy_helper.from_array(
+                    np.zeros(scale.shape if scale.size > 1 else (), np.int32), f"{base}_zp"
+                ),
+            ]
+        )
+        kw = {"axis": 0} if scale.size > 1 else {}
+        added.append(
+            helper.make_node(
+                "DequantizeLinear", [f"{base}_values", f"{base}_scale", f"{base}_zp"], [base], **kw
+            )
+        )
+        node.input[at] = base
+    if added:  # the old bias DQ nodes are left for onnxruntime to drop if nothing else reads them
+        nodes = list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend([*added, *nodes])
+        _drop_unused(model)
+    return len(added)
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Remove DequantizeLinear nodes and initializers nothing reads any more."""
+    g = model.graph
+    while True:
+        read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    read = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def _dequantized(
+    q: onnx.TensorProto, scale: onnx.TensorProto, zp: onnx.TensorProto, dq: onnx.NodeProto
+) -> np.ndarray:
+    values = numpy_helper.to_array(q).astype(np.float64).reshape(-1)
+    s = numpy_helper.to_array(scale).astype(np.float64).reshape(-1)
+    z = numpy_helper.to_array(zp).astype(np.float64).reshape(-1)
+    if s.size not in (1, values.size):
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        raise UsageError(f"bias of {dq.output[0]}: per-axis encoding on axis {axis} of a 1-D bias")
+    return (values - z) * s
+
+
 # ---- extra outputs ---------------------------------------------------------------------------------
 def expose_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` with ``tensors`` added as graph outputs (quantized ones dequantized)."""

@@ -127,16 +127,17 @@ def provider_options(target: PrepareTarget) -> dict[str, str]:
 
     A SoC target passes its ``soc_model`` (which fixes the architecture); a bare architecture passes
     ``htp_arch``.  ``target.options`` may carry ``optimization_level`` (1-3) and ``fp16`` (float parts
-    of the graph run in float16, the only float HTP computes in).
+    of the graph run in float16, the only float HTP computes in; the EP accepts it with a SoC only).
     """
     opts = {
         "backend_path": htp_backend_path(),
         "htp_graph_finalization_optimization_mode": str(int(target.options.get("optimization_level", 2))),
         "offload_graph_io_quantization": "0",  # the graph's IO types are chosen by editing the model
-        "enable_htp_fp16_precision": "1" if target.options.get("fp16", True) else "0",
     }
     if target.soc_model is not None:
         opts["soc_model"] = str(target.soc_model)
+        # the EP takes the float16 precision mode only together with a soc_model
+        opts["enable_htp_fp16_precision"] = "1" if target.options.get("fp16", True) else "0"
     else:
         opts["htp_arch"] = str(dsp_arch_number(target.arch))
     if target.vtcm_mb:
@@ -167,46 +168,65 @@ def _session_options(
     return so
 
 
+def _open(
+    model: bytes | str, options: Mapping[str, str], context_path: str | None, severity: int, config: Mapping
+) -> tuple[Any, str | None, str]:
+    """(session or None, the one-line error or None, onnxruntime's log)."""
+    import onnxruntime as ort
+
+    try:
+        with captured_native_output() as out:
+            so = _session_options(options, context_path=context_path, severity=severity, config=config)
+            session = ort.InferenceSession(model, so)
+    except Exception as e:
+        return None, _one_line(e), out.text
+    return session, None, out.text
+
+
+def _raise_for(what: str, error: str, text: str) -> None:
+    log.debug("HTP session for %s failed: %s\n%s", what, error, text)
+    nodes = parse_rejected_nodes(text)
+    if nodes:
+        raise HtpRejectedNodes(_rejected_message(what, nodes), nodes) from None
+    raise HtpError(f"HTP {what}: {_backend_error(text) or error}") from None
+
+
 def create_session(
     model: bytes | str,
     options: Mapping[str, str],
     *,
     what: str,
-    context_path: str | None = None,
     config: Mapping[str, str] | None = None,
 ) -> Any:
     """An HTP ``InferenceSession`` for ``model`` (serialized ONNX or a path), CPU fallback disabled.
 
-    ``context_path`` makes the session compile the model into an EPContext model there (offline
-    preparation).  ``what`` names the target in error messages.  Failures raise :class:`HtpError` with
-    one line; rejected nodes raise :class:`HtpRejectedNodes` listing them and the backend's reasons.
+    ``what`` names the target in error messages.  Failures raise :class:`HtpError` with one line;
+    rejected nodes raise :class:`HtpRejectedNodes` listing them and the backend's reasons.
     """
-    import onnxruntime as ort
-
     config = config or {}
-    try:
-        with captured_native_output() as out:
-            so = _session_options(options, context_path=context_path, severity=_QUIET, config=config)
-            return ort.InferenceSession(model, so)
-    except Exception as e:
-        first_error = _one_line(e)
-    log.debug("HTP session for %s failed: %s\n%s", what, first_error, out.text)
-    if "assigned to the default CPU EP" in first_error or "Unsupported nodes" in out.text:
-        # Ask again with onnxruntime's verbose log, which says why each node was refused.
-        if context_path is not None:
-            ctx = Path(context_path)
-            for p in (ctx, ctx.with_name(f"{ctx.stem}_qnn.bin")):
-                p.unlink(missing_ok=True)
-        try:
-            with captured_native_output() as verbose:
-                so = _session_options(options, context_path=context_path, severity=_VERBOSE, config=config)
-                ort.InferenceSession(model, so)
-        except Exception:
-            pass
-        nodes = parse_rejected_nodes(verbose.text)
-        if nodes:
-            raise HtpRejectedNodes(_rejected_message(what, nodes), nodes) from None
-    raise HtpError(f"HTP {what}: {_backend_error(out.text) or first_error}") from None
+    session, error, text = _open(model, options, None, _QUIET, config)
+    if session is not None:
+        return session
+    if "assigned to the default CPU EP" in (error or "") or "Unsupported nodes" in text:
+        # onnxruntime says why each node was refused only in its verbose log: ask again
+        _, error2, text = _open(model, options, None, _VERBOSE, config)
+        error = error2 or error
+    _raise_for(what, error or "failed", text)
+    raise AssertionError("unreachable")
+
+
+def compile_to_context(
+    model: bytes | str, options: Mapping[str, str], context_path: str, *, what: str
+) -> list[tuple[str, str]]:
+    """Compile ``model`` into an EPContext model at ``context_path`` (its binary beside it).
+
+    Returns the nodes HTP takes outside a quantized group -- ``(name, op type)`` -- which it runs
+    unquantized (float16 for float data), read from onnxruntime's verbose log.
+    """
+    session, error, text = _open(model, options, context_path, _VERBOSE, {})
+    if session is None:
+        _raise_for(what, error or "failed", text)
+    return parse_unquantized_nodes(text)
 
 
 def _one_line(e: Exception) -> str:
@@ -232,6 +252,21 @@ _FAILED = re.compile(r"Validation FAILED for \d+ nodes in \w+ \(([^)]*)\)")
 _NODE = re.compile(r"Operator type: (\S+) Node name: (.*?) Node index: \d+")
 _REASON = re.compile(r"REASON\s*:\s*(.*)")
 _UNSUPPORTED = re.compile(r"\{ name: ([^,]*), type: ([^ ]*) \}")
+_SINGLE = re.compile(r"Validation PASSED for 1 nodes in \w+ \((\w+)\)")
+_NOT_COMPUTE = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def parse_unquantized_nodes(text: str) -> list[tuple[str, str]]:
+    """Nodes the QNN EP took alone, not in a DequantizeLinear -> op -> QuantizeLinear group."""
+    found: dict[str, str] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = _SINGLE.search(line)
+        if m and m.group(1) not in _NOT_COMPUTE and i + 1 < len(lines):
+            node = _NODE.search(lines[i + 1])
+            if node:
+                found.setdefault(node.group(2), node.group(1))
+    return list(found.items())
 
 
 def parse_rejected_nodes(text: str) -> list[RejectedNode]:

@@ -22,6 +22,8 @@ class HtpPreparer(GraphPreparer):
                 "graph": compiled.graph,
                 "library": {**library_versions(), "qnn_build": compiled.sdk_version},
                 "compiled_for": compiled.compiled_for,
+                # nodes outside a DequantizeLinear -> op -> QuantizeLinear group run unquantized
+                "unquantized_ops": [{"name": n, "op_type": t} for n, t in compiled.unquantized],
                 # the session options of a run: soc/arch, VTCM, optimisation mode, fp16 (backend path aside)
                 "provider_options": {k: v for k, v in options.items() if k != "backend_path"},
             },
