@@ -394,7 +394,7 @@ def trivial_range(stats: TensorStats) -> tuple[float, float] | None:
     return None
 
 
-def shrink_factors(smallest: float = 2.0**-12, ratio: float = math.sqrt(2.0)) -> np.ndarray:
+def shrink_factors(smallest: float = 2.0**-12, ratio: float = 2.0) -> np.ndarray:
     """Factors 1, 1/ratio, 1/ratio^2, ... down to ``smallest`` (how far a search may shrink a range)."""
     count = int(math.floor(math.log(1.0 / smallest) / math.log(ratio) + 1e-9)) + 1
     return ratio ** -np.arange(count, dtype=np.float64)
@@ -416,7 +416,7 @@ def search_range(
 
     Candidates shrink the observed range towards zero: both ends by one factor for symmetric schemas
     and one-sided data, each end by its own factor otherwise (coordinate sweeps over ``factors``,
-    then two rounds of local 2-D refinement).  Ties keep the wider range, so the result is a pure
+    octaves by default, then local refinement in quarter- and sixteenth-octave steps).  Ties keep the wider range, so the result is a pure
     function of the statistics.
     """
     trivial = trivial_range(stats)
@@ -441,13 +441,16 @@ def search_range(
         i = int(np.argmin(c))  # first minimum: candidates come widest first
         return i, float(c[i])
 
+    def around(x: float, ratio: float, n: int) -> np.ndarray:  # x * ratio^k, |k| <= n, widest first
+        return np.minimum(x * ratio ** np.arange(n, -n - 1, -1, dtype=np.float64), 1.0)
+
     if schema.symmetric or lo0 == 0.0 or hi0 == 0.0:
         i, _ = best(coarse, coarse)
-        up = coarse[max(i - 1, 0)]
-        down = coarse[min(i + 1, coarse.size - 1)]
-        fine = np.unique(np.concatenate([np.geomspace(up, down, 17), [coarse[i]]]))[::-1]
-        j, _ = best(fine, fine)
-        f = float(fine[j])
+        f = float(coarse[i])
+        for ratio, n in ((2.0**0.25, 3), (2.0**0.0625, 2), (2.0**0.015625, 2)):  # between coarse neighbours
+            k = around(f, ratio, n)
+            j, _ = best(k, k)
+            f = float(k[j])
         return lo0 * f, hi0 * f
 
     ones = np.ones_like(coarse)
@@ -460,9 +463,8 @@ def search_range(
         b = float(coarse[i])
         i, _ = best(coarse, b * ones)
         a = float(coarse[i])
-    for step in (2.0**0.125, 2.0**0.03125):
-        k = step ** np.arange(2, -3, -1, dtype=np.float64)  # widest first
-        ka, kb = np.meshgrid(np.minimum(a * k, 1.0), np.minimum(b * k, 1.0), indexing="ij")
+    for ratio, n in ((2.0**0.25, 2), (2.0**0.0625, 2), (2.0**0.015625, 1)):
+        ka, kb = np.meshgrid(around(a, ratio, n), around(b, ratio, n), indexing="ij")
         i, _ = best(ka.ravel(), kb.ravel())
         a, b = float(ka.ravel()[i]), float(kb.ravel()[i])
     return lo0 * a, hi0 * b

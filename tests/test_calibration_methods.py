@@ -349,6 +349,27 @@ def test_adjusted_keeps_both_extremes_on_the_grid() -> None:
         assert choose("adjusted", stats, name, 8) == (stats.min, stats.max)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_enhanced_finds_the_best_of_the_tf_enhanced_candidates(bits: int, shape: str) -> None:
+    from opendlc.plugins.calibration.enhanced import CLIP_WEIGHT, SYMMETRIC_FRACTIONS, candidate_lattice
+
+    stats = stats_of(shape)
+    lo0, hi0 = min(stats.min, 0.0), max(stats.max, 0.0)
+    for schema_name in SCHEMAS:
+        sch = schema(schema_name)
+        if sch.symmetric or lo0 == 0.0:
+            los, his = lo0 * SYMMETRIC_FRACTIONS, hi0 * SYMMETRIC_FRACTIONS
+        else:
+            lat_lo, lat_hi, usable = candidate_lattice(lo0, hi0, 2**bits)
+            los, his = lat_lo[usable], lat_hi[usable]
+        every = CandidateGrids.from_ranges(sch, bits, [lo0, *los], [hi0, *his])
+        exhaustive = expected_noise(stats, every, clip_weight=CLIP_WEIGHT).min()
+        lo, hi = choose("enhanced", stats, schema_name, bits)
+        chosen = CandidateGrids.from_ranges(sch, bits, [lo], [hi])
+        assert expected_noise(stats, chosen, clip_weight=CLIP_WEIGHT)[0] <= exhaustive * 1.01, schema_name
+
+
 def test_enhanced_is_never_worse_than_min_max_in_its_own_objective() -> None:
     for shape in SHAPES:
         stats = stats_of(shape)
