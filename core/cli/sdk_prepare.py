@@ -102,19 +102,28 @@ def graph_prepare(
         help="Where to write the container with its cache records (default <input>_cached.dlc).",
     ),
     set_output_tensors: list[str] = typer.Option(
-        [], "--set_output_tensors", help="Comma-separated tensors to output as well."
+        [], "--set_output_tensors", metavar="T1,T2", help="Comma-separated tensors to output as well."
     ),
     set_output_layers: list[str] = typer.Option(
-        [], "--set_output_layers", help="Comma-separated layers whose outputs are output as well."
+        [],
+        "--set_output_layers",
+        metavar="L1,L2",
+        help="Comma-separated layers whose outputs are output as well.",
     ),
     input_list: Path = typer.Option(
         None, "--input_list", help="An input list; only its #layer / %tensor output lines are used."
     ),
     htp_socs: str = typer.Option(
-        None, "--htp_socs", help="Comma-separated SoCs to prepare for (default sm8650), e.g. sm8350,sm8650."
+        None,
+        "--htp_socs",
+        metavar="SOC1,SOC2",
+        help="Comma-separated SoCs to prepare for (default sm8650), e.g. sm8350,sm8650.",
     ),
     htp_archs: str = typer.Option(
-        None, "--htp_archs", help="Comma-separated HTP architectures (e.g. v68,v73); excludes --htp_socs."
+        None,
+        "--htp_archs",
+        metavar="V68,V73",
+        help="Comma-separated HTP architectures (e.g. v68,v73); excludes --htp_socs.",
     ),
     vtcm_override: int = typer.Option(
         None, "--vtcm_override", help="VTCM size in MB for the SoCs' caches (0 = the SoC's maximum)."
@@ -126,7 +135,10 @@ def graph_prepare(
         None, "--optimization_preset", help="Optimisation preset (>= 0), with --optimization_level 3."
     ),
     buffer_data_type: list[str] = typer.Option(
-        [], "--buffer_data_type", help="NAME=float32|fixedPoint8|fixedPoint16 for an IO buffer (repeatable)."
+        [],
+        "--buffer_data_type",
+        metavar="NAME=TYPE",
+        help="NAME=float32|fixedPoint8|fixedPoint16 for an IO buffer (repeatable).",
     ),
     overwrite_cache_records: bool = typer.Option(
         False, "--overwrite_cache_records", help="Regenerate records that already match a requested target."
@@ -135,20 +147,29 @@ def graph_prepare(
         False, "--use_float_io", help="Deprecated: float32 IO buffers (prefer --buffer_data_type)."
     ),
     htp_dlbc: str = typer.Option(
-        None, "--htp_dlbc", help="Deep learning bandwidth compression: true or false."
+        None, "--htp_dlbc", metavar="true|false", help="Deep learning bandwidth compression: true or false."
     ),
     num_hvx_threads: int = typer.Option(None, "--num_hvx_threads", help="HVX threads to reserve (> 0)."),
     input_name: list[str] = typer.Option(
-        [], "--input_name", help="An input to re-shape (with --input_dimensions)."
+        [], "--input_name", metavar="NAME", help="An input to re-shape (with --input_dimensions)."
     ),
     input_dimensions: list[str] = typer.Option(
-        [], "--input_dimensions", help="The new dimensions of the matching --input_name, e.g. 1,224,224,3."
+        [],
+        "--input_dimensions",
+        metavar="D1,D2,...",
+        help="The new dimensions of the matching --input_name, e.g. 1,224,224,3.",
     ),
     memorymapped_buffer_hint: str = typer.Option(
-        None, "--memorymapped_buffer_hint", help="Memory-mapped buffers hint: true or false."
+        None,
+        "--memorymapped_buffer_hint",
+        metavar="true|false",
+        help="Memory-mapped buffers hint: true or false.",
     ),
     udo_package_path: list[str] = typer.Option(
-        [], "--udo_package_path", help="UDO package(s): registration libraries or folders, comma-separated."
+        [],
+        "--udo_package_path",
+        metavar="PATHS",
+        help="UDO package(s): registration libraries or folders, comma-separated.",
     ),
     jobs: int = typer.Option(None, "--jobs", help="Worker processes (default: one per core)."),
     version: bool = typer.Option(
