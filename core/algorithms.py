@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -26,3 +27,21 @@ class Algorithm(ABC):
     @abstractmethod
     def apply(self, model: onnx.ModelProto, context: Any) -> onnx.ModelProto:
         """Return the transformed model; the float function must be kept unless documented."""
+
+
+@dataclass
+class CalibrationContext:
+    """What an AFTER_CALIBRATION algorithm receives as ``context``.
+
+    ``samples`` holds the first few calibration samples (at most ``RETAINED_SAMPLES``: memory stays
+    bounded); ``encodings`` is the :class:`~opendlc.encodings.EncodingSet` so far.  An algorithm that
+    changes biases need not re-encode them: the engine re-derives bias encodings afterwards.
+    """
+
+    options: Any
+    encodings: Any
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)
+
+
+RETAINED_SAMPLES = 8

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from opendlc.algorithms import Phase
+from opendlc.algorithms import RETAINED_SAMPLES, CalibrationContext, Phase
 from opendlc.container import Container
 from opendlc.encodings import EncodingSet, TensorEncoding
 from opendlc.errors import UsageError
@@ -83,7 +84,7 @@ def quantize(
     model, no_encoding, report = normalize_model(model)
     for line in report:
         log.log(15, "normalise: %s", line)
-    context: dict[str, Any] = {"options": options}
+    context: dict[str, Any] = {"options": options, "report": report}
     for alg in algorithms:
         if alg.phase == Phase.BEFORE_CALIBRATION:
             log.info("applying %s", alg.name)
@@ -97,7 +98,7 @@ def quantize(
         _float_fallback(model, plan, q, overrides or EncodingSet(), encodings)
     else:
         total = len(samples) if isinstance(samples, Sized) else None
-        counted = _counting(samples)
+        counted = _Counting(samples)
         stats = collect_statistics(
             model,
             counted,
@@ -115,10 +116,14 @@ def quantize(
             _apply_overrides(encodings, overrides, plan)
         bias_encodings(plan, q, encodings)  # last: they follow the final input and weight scales
 
-    for alg in algorithms:
-        if alg.phase == Phase.AFTER_CALIBRATION:
+    after = [a for a in algorithms if a.phase == Phase.AFTER_CALIBRATION]
+    if after:
+        ctx = CalibrationContext(options, encodings, counted.kept if samples is not None else [])
+        for alg in after:
             log.info("applying %s", alg.name)
-            model = alg.apply(model, {**context, "encodings": encodings})
+            model = alg.apply(model, ctx)
+        report += ctx.report
+        _refresh_biases(model, plan, q, encodings)
 
     encodings.meta = {
         "quantizer": options.to_dict(),
@@ -139,16 +144,35 @@ def quantize(
     )
 
 
-class _counting:
-    """Iterates samples while counting them."""
+class _Counting:
+    """Iterates samples while counting them and keeping the first few (for after-calibration
+    algorithms; bounded, so memory does not grow with the data set)."""
 
     def __init__(self, it: Iterable[Mapping[str, np.ndarray]]) -> None:
         self._it, self.count = it, 0
+        self.kept: list[Mapping[str, np.ndarray]] = []
 
     def __iter__(self):
         for s in self._it:
             self.count += 1
+            if len(self.kept) < RETAINED_SAMPLES:
+                self.kept.append(s)
             yield s
+
+
+def _refresh_biases(model: onnx.ModelProto, plan: QuantPlan, q: Quantizers, encodings: EncodingSet) -> None:
+    """Re-derive bias encodings after an algorithm changed bias values."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for name, use in plan.params.items():
+        if (
+            use.role == "bias"
+            and name in inits
+            and encodings.tensors.get(name, None) is not None
+            and encodings[name].source != "overrides"
+        ):
+            plan.values[name] = numpy_helper.to_array(inits[name]).astype(np.float32)
+            del encodings.tensors[name]
+    bias_encodings(plan, q, encodings)
 
 
 def _apply_overrides(encodings: EncodingSet, overrides: EncodingSet, plan: QuantPlan) -> None:
