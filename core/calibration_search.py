@@ -134,6 +134,12 @@ class Intervals:
         jump -= np.bincount(inverse[:m], weights=density, minlength=edges.size)
         return edges, jump
 
+    @cached_property
+    def edge_moments(self) -> list[np.ndarray]:
+        """Prefix sums of jump * edge^k, k = 0..3 (each ``E + 1`` long)."""
+        edges, jump = self.edge_weights
+        return [np.concatenate(([0.0], np.cumsum(jump * edges**k))) for k in range(4)]
+
 
 # ---- candidate grids -----------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -267,7 +273,7 @@ def _noise_by_edges(iv: Intervals, g: CandidateGrids, clip_weight: float) -> np.
     out = np.zeros(len(g))
     edges, jump = iv.edge_weights
     if edges.size:
-        cum = [np.concatenate(([0.0], np.cumsum(jump * edges**k))) for k in range(4)]
+        cum = iv.edge_moments
         lo, hi = g.first * g.scale, g.last * g.scale
         i_lo = np.searchsorted(edges, lo, side="left")  # edges below the grid: [0, i_lo)
         i_hi = np.searchsorted(edges, hi, side="right")  # edges above it: [i_hi, E)
@@ -416,8 +422,8 @@ def search_range(
 
     Candidates shrink the observed range towards zero: both ends by one factor for symmetric schemas
     and one-sided data, each end by its own factor otherwise (coordinate sweeps over ``factors``,
-    octaves by default, then local refinement in quarter- and sixteenth-octave steps).  Ties keep the wider range, so the result is a pure
-    function of the statistics.
+    octaves by default, then local refinement in 1/4, 1/16 and 1/64 octave steps).  Ties keep the
+    wider range, so the result is a pure function of the statistics.
     """
     trivial = trivial_range(stats)
     if trivial is not None:
