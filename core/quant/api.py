@@ -189,9 +189,31 @@ def _apply_overrides(encodings: EncodingSet, overrides: EncodingSet, plan: Quant
             kind = "param" if name in plan.params else "activation"
             encodings.add(
                 TensorEncoding(
-                    name, kind, list(enc.encodings), enc.axis, enc.dtype, enc.float_bitwidth, "overrides"
+                    name,
+                    kind,
+                    list(enc.encodings),
+                    _override_axis(name, enc, plan),
+                    enc.dtype,
+                    enc.float_bitwidth,
+                    "overrides",
                 )
             )
+
+
+def _override_axis(name: str, enc: TensorEncoding, plan: QuantPlan) -> int | None:
+    """The channel axis of a per-channel parameter override.  AIMET files carry none (0.6.1) or assume
+    0 (1.0.0); the op using the parameter decides it (ConvTranspose 1, MatMul's last axis)."""
+    use = plan.params.get(name)
+    if use is None or len(enc.encodings) < 2 or use.channel_axis is None:
+        return enc.axis
+    shape = plan.values[name].shape
+    axis = use.channel_axis % len(shape)
+    if shape[axis] != len(enc.encodings):
+        raise UsageError(
+            f"override of '{name}': {len(enc.encodings)} per-channel encodings, but its {use.op_type} "
+            f"has {shape[axis]} channels (axis {axis} of {list(shape)})"
+        )
+    return axis
 
 
 def _float_fallback(
