@@ -386,8 +386,11 @@ def expose_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProt
     if not wanted:
         return out
     types = _value_types(out)
+    sources = {v.name for v in out.graph.input} | {i.name for i in out.graph.initializer}
     for t in wanted:
         q = next((n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == t), None)
+        if t in sources:  # an input asked for as an output is simply passed through
+            q = None
         dq = None
         if q is not None:
             dq = next(
