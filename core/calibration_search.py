@@ -381,6 +381,8 @@ def quantile(stats: TensorStats, q: float, *, absolute: bool = False) -> float:
     if stats.empty:
         return 0.0
     iv = Intervals.of(stats, absolute=absolute)
+    if iv.count.size == 0:
+        raise ValueError("these statistics hold no histogram (observed with bins=0): no quantiles")
     cum = np.cumsum(iv.count)
     target = min(max(q, 0.0), 1.0) * cum[-1]
     i = int(np.searchsorted(cum, target, side="left"))

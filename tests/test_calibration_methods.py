@@ -266,6 +266,13 @@ def _degenerate_cases() -> dict[str, TensorStats]:
     return cases
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_statistics_without_histogram_give_min_max(name: str) -> None:
+    stats = TensorStats.of(np.array([1.0, 2.0, -3.0]), bins=0)  # what min-max-only observers keep
+    for schema_name in SCHEMAS:
+        assert choose(name, stats, schema_name, 8) == (-3.0, 2.0)
+
+
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("case", list(_degenerate_cases()))
 @pytest.mark.parametrize("name", METHODS)
