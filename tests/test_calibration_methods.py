@@ -323,6 +323,24 @@ def test_ranges_scale_with_the_data(name: str) -> None:
         assert (lo4, hi4) == (lo * 4.0, hi * 4.0)
 
 
+@pytest.mark.parametrize("name", ["min-max", "percentile", "sqnr", "mse", "enhanced", "adjusted"])
+def test_mirrored_data_gets_the_mirrored_choice(name: str) -> None:
+    # Nothing may depend on which end of the histogram comes first.  The asymmetric grid is
+    # mirror-symmetric (the signed one is not: -128..127), so -x must cost what x costs.
+    x = data("laplacian")
+    stats, mirrored = TensorStats.of(x), TensorStats.of(-x)
+    lo, hi = choose(name, stats, "asymmetric", 8)
+    mlo, mhi = choose(name, mirrored, "asymmetric", 8)
+    if name in ("min-max", "percentile"):
+        assert (mlo, mhi) == pytest.approx((-hi, -lo), rel=1e-9)
+    weight = 3.0 if name in ("sqnr", "enhanced") else 1.0
+    ours = CandidateGrids.from_ranges(schema("asymmetric"), 8, [lo], [hi])
+    theirs = CandidateGrids.from_ranges(schema("asymmetric"), 8, [mlo], [mhi])
+    assert expected_noise(mirrored, theirs, clip_weight=weight)[0] == pytest.approx(
+        expected_noise(stats, ours, clip_weight=weight)[0], rel=1e-3
+    )
+
+
 def test_shrink_factors_start_at_the_full_range() -> None:
     f = shrink_factors()
     assert f[0] == 1.0 and np.all(np.diff(f) < 0) and f[-1] == pytest.approx(2.0**-12)
