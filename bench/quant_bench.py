@@ -38,14 +38,14 @@ OURS: dict[str, dict] = {
 METHODS = ["min-max", "sqnr", "mse", "percentile", "entropy", "enhanced"]
 for fam, extra in [("W8A8 per-tensor", {}), ("W8A8 per-channel", {"use_per_channel_quantization": True})]:
     for m in METHODS:
-        for cle in (False, True):
-            name = f"{fam.split()[1]} bias32 {m}{' +cle' if cle else ''}"
+        for algs in ([], ["cle"], ["bias_correction"], ["cle", "bias_correction"]):
+            name = f"{fam.split()[1]} bias32 {m}" + "".join(f" +{a}" for a in algs)
             OURS[name] = {
                 "family": fam,
                 "bias_bitwidth": 32,
                 "act_quantizer_calibration": m,
                 **extra,
-                **({"apply_algorithms": ["cle"]} if cle else {}),
+                **({"apply_algorithms": algs} if algs else {}),
             }
 for m in ("min-max", "sqnr", "mse"):
     OURS[f"W8A16 per-channel bias32 {m}"] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -59,6 +60,8 @@ def encode_range(
     calibration: CalibrationOptions,
     steps: tuple[int, int] | None = None,
 ) -> Encoding:
+    if steps is not None and schema.symmetric:  # searching methods score the restricted grid
+        calibration = dataclasses.replace(calibration, steps=steps)
     lo, hi = method.choose_range(stats, bitwidth=bitwidth, schema=schema, options=calibration)
     if not (np.isfinite(lo) and np.isfinite(hi)):  # a method must never produce NaN encodings
         lo, hi = (stats.min, stats.max) if not stats.empty else (0.0, 0.0)

@@ -58,6 +58,16 @@ def quantize_values(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
     return np.clip(np.round(values.astype(np.float64) / s) + z, lo, hi).astype(np_type)
 
 
+def dequantized_values(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
+    """What a constant becomes after quantize-dequantize under its encoding (float64)."""
+    q = quantize_values(values, t).astype(np.float64)
+    scale, zp = _scales_zps(t)
+    shape = [1] * values.ndim
+    if scale.ndim:
+        shape[t.axis if t.axis is not None else 0] = -1
+    return (q - zp.reshape(shape).astype(np.float64)) * scale.reshape(shape).astype(np.float64)
+
+
 def _needs_ms_domain(encodings: EncodingSet, opset: int) -> bool:
     for t in encodings.tensors.values():
         if t.dtype != "int":
