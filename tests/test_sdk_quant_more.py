@@ -358,7 +358,8 @@ def test_opt_equals_value_and_opt_space_value_agree(prog, case, tmp_path, capsys
     assert {e.bitwidth for e in results[0]["r1"]} == {16}
 
 
-def test_qairt_short_options_and_debug_level(case, tmp_path, capsys):
+def test_qairt_short_options_and_debug_level(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --debug writes its log file in the current folder
     out = tmp_path / "o.dlc"
     args = [
         "-i",
@@ -376,6 +377,7 @@ def test_qairt_short_options_and_debug_level(case, tmp_path, capsys):
     assert "DEBUG" in err  # --debug [DEBUG] is the logging option: debug messages on
     rc, _, err = _run("qairt-quantizer", ["--debug", "2", *args[:6]], capsys)
     assert rc == 0, err
+    assert (tmp_path / "qairt-quantizer.log").is_file()
 
 
 # ---- deprecations: one warning line each, naming the replacement ---------------------------------
