@@ -121,6 +121,7 @@ def test_caches_for_four_socs_are_generated_described_and_differ(socs_cached):
         ]
         assert info["outputs"][0]["name"] == "y" and info["outputs"][0]["buffer_type"] == "fixedPoint8"
         assert info["options"]["optimization_level"] == 2
+        assert info["unquantized_ops"] == []  # every op in a quantized group (see lower_for_htp)
     blobs = [r.data for r in c.records]
     assert all(a != b for a, b in itertools.combinations(blobs, 2))
 
@@ -301,6 +302,69 @@ def test_missing_htp_libraries_say_how_to_get_them(work, quantized, capsys, monk
         from opendlc.htp.qnn import htp_backend_path
 
         htp_backend_path()
+
+
+# ---- lowering for the QNN EP -----------------------------------------------------------------------
+def _lowering_model() -> onnx.ModelProto:
+    """x -> Conv (uint8 bias) -> Relu (fused: no encoding before it) -> nearest Resize whose output
+    encoding differs from its input's -> y; QDQ by hand, as opendlc's export writes it."""
+    rng = np.random.default_rng(3)
+
+    def const(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [
+        const("sx", np.float32(0.02)), const("zx", np.uint8(128)),
+        const("wq", rng.integers(0, 255, (4, 3, 3, 3)).astype(np.uint8)), const("sw", np.float32(0.004)),
+        const("zw", np.uint8(120)), const("bq", rng.integers(0, 255, 4).astype(np.uint8)),
+        const("sb", np.float32(0.01)), const("zb", np.uint8(100)),
+        const("sr", np.float32(0.015)), const("zr", np.uint8(0)),
+        const("so", np.float32(0.02)), const("zo", np.uint8(0)),
+        const("roi", np.zeros(0, np.float32)), const("scales", np.array([1, 1, 2, 2], np.float32)),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"]),
+        helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["b"]),
+        helper.make_node("Conv", ["xd", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "sr", "zr"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "sr", "zr"], ["rd"]),
+        helper.make_node("Resize", ["rd", "roi", "scales"], ["up"], mode="nearest", name="resize"),
+        helper.make_node("QuantizeLinear", ["up", "so", "zo"], ["uq"]),
+        helper.make_node("DequantizeLinear", ["uq", "so", "zo"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes, "lowering", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits,
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_lowering_keeps_the_arithmetic_and_puts_every_op_in_a_quantized_group(work):
+    from opendlc.htp.qdq import lower_for_htp
+
+    model = _lowering_model()
+    lowered, notes = lower_for_htp(model)
+    assert len(notes) == 3  # fused Relu, int32 bias, data movement
+    x = {"x": np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)}
+    cpu = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (model, lowered)
+    ]
+    y0, y1 = (s.run(None, x)[0] for s in cpu)
+    np.testing.assert_allclose(y1, y0, atol=0.02 * 0.51)  # the int32 bias may move a value by half a step
+
+    path = work / "lowering.onnx"
+    onnx.save(model, path)
+    record = prepare_container(dlc.load(path), progress=False).records[0]
+    assert record.info["unquantized_ops"] == []
+    y_htp = run_record(dlc.Container(model=model, records=[record])).run(x)["y"]
+    assert realmodels.sqnr_db(y0, y_htp) > 30
 
 
 # ---- model edits: shapes, outputs, IO buffers --------------------------------------------------------

@@ -60,6 +60,9 @@ def compile_context(model: bytes, options: dict[str, str], *, what: str) -> Comp
     sdk = next(
         (a.s.decode() for n in wrapper.graph.node for a in n.attribute if a.name == "ep_sdk_version"), ""
     )
+    # nodes onnxruntime inserted itself (layout transposes on integer data, ...) are not the model's
+    names = {n.name for n in onnx.load_model_from_string(model).graph.node}
+    unquantized = [(n, t) for n, t in unquantized if n in names]
     return CompiledContext(binary, describe_wrapper(wrapper), sdk, compiled_settings(binary), unquantized)
 
 

@@ -9,15 +9,17 @@ quantized container becomes one QDQ model (inputs re-shaped, outputs added, IO b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -210,6 +212,7 @@ def prepare_model(container: Container, options: HtpPrepareOptions) -> PreparedM
     model, inputs, outputs = qdq.apply_buffer_types(
         model, options.buffer_data_types, use_float_io=options.use_float_io
     )
+    qdq.name_nodes(model)  # so what the HTP compiler says about a node can be traced back
     data = model.SerializeToString()
     return PreparedModel(data, hashlib.sha256(data).hexdigest(), inputs, outputs, extra)
 
@@ -447,7 +450,10 @@ def _run_jobs(
         with ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
         ) as pool:
-            futures: dict[Future, str] = {pool.submit(_compile_job, rid, model, t): rid for rid, t in jobs}
+            with _main_hidden_from_spawn():  # the workers are started here
+                futures: dict[Future, str] = {
+                    pool.submit(_compile_job, rid, model, t): rid for rid, t in jobs
+                }
             pending = set(futures)
             try:
                 while pending:
@@ -463,14 +469,32 @@ def _run_jobs(
                         bar.update(tasks[rid], completed=1, state=f"done ({len(made.data) / 1024:,.0f} KiB)")
             except BrokenProcessPool:
                 raise OpendlcError(
-                    "an HTP worker process died: the compiler crashed, or the calling script lacks an "
-                    "`if __name__ == '__main__':` guard (worker processes are spawned)"
+                    "an HTP worker process died (the HTP compiler crashed?); run with --debug for its log"
                 ) from None
             except BaseException:
                 for f in pending:
                     f.cancel()
                 raise
     return results
+
+
+@contextlib.contextmanager
+def _main_hidden_from_spawn() -> Iterator[None]:
+    """Spawned workers need nothing from ``__main__`` (the job is a function of this module), so they are
+    not made to import it: scripts without an ``if __name__ == "__main__":`` guard, ``python -`` and
+    notebooks all work."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        if main is not None:
+            if "__file__" in saved:
+                del main.__file__
+            if "__spec__" in saved:
+                main.__spec__ = None
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 def _drain(queue: Any) -> list[tuple[str, str]]:

@@ -215,6 +215,10 @@ def lower_for_htp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
       when its bounds lie on the grid or outside the encoding's range, so nothing changes numerically.
     * biases quantized to 8 or 16 bits: the QNN EP groups Conv/Gemm into a quantized op only with an
       int32 bias, so the bias values (exactly as quantized) are re-encoded at scale input x weight.
+    * a data-movement op (Reshape, Transpose, MaxPool, nearest Resize, ...) whose output encoding differs
+      from its input's: the QNN EP groups these only with equal encodings, so its input is converted to
+      the output's encoding first (a DequantizeLinear -> QuantizeLinear pair, a QNN Convert).  Rounding
+      each value then moving it is the same as moving then rounding, so this is exact.
 
     Returns the model and one line per kind of change.
     """
@@ -227,7 +231,56 @@ def lower_for_htp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     n_bias = _int32_biases(out)
     if n_bias:
         notes.append(f"{n_bias} bias(es) re-encoded as int32 at scale input x weight")
+    n_move = _requantize_data_movement(out)
+    if n_move:
+        notes.append(f"{n_move} data-movement op(s) keep their input encoding, then convert")
     return out, notes
+
+
+# Ops that only move or select values: their output values are input values (for Resize: "nearest").
+_MOVES_VALUES = {
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile", "MaxPool", "Gather",
+    "GatherElements", "Slice", "DepthToSpace", "SpaceToDepth", "Resize",
+}  # fmt: skip
+
+
+def _requantize_data_movement(model: onnx.ModelProto) -> int:
+    consts = _constants(model)
+    producers, readers = _producers(model), _readers(model)
+    before_op: dict[str, list[onnx.NodeProto]] = {}  # op output -> nodes to put before the op
+    for node in model.graph.node:
+        if node.op_type not in _MOVES_VALUES or len(node.output) != 1:
+            continue
+        if node.op_type == "Resize" and any(
+            a.name == "mode" and a.s not in (b"nearest",) for a in node.attribute
+        ):
+            continue  # interpolation makes new values
+        dq = producers.get(node.input[0])
+        out_readers = readers.get(node.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(out_readers) != 1:
+            continue
+        q = out_readers[0]
+        if q.op_type != "QuantizeLinear":
+            continue
+        enc_in, enc_out = _encoding_of(dq, consts), _encoding_of(q, consts)
+        if enc_in is None or enc_out is None or enc_in == enc_out:
+            continue
+        # convert the input to the output's encoding first; the op then moves values on that grid
+        src = node.input[0]
+        q_out, dq_out = _unique(model, f"{src}__htp_q"), _unique(model, f"{src}__htp_dq")
+        before_op[node.output[0]] = [
+            helper.make_node("QuantizeLinear", [src, q.input[1], q.input[2]], [q_out], domain=q.domain),
+            helper.make_node("DequantizeLinear", [q_out, q.input[1], q.input[2]], [dq_out], domain=q.domain),
+        ]
+        node.input[0] = dq_out  # the live node: the graph is rebuilt once, below
+    if before_op:
+        nodes = []
+        for n in model.graph.node:
+            nodes += before_op.get(n.output[0], []) if n.output else []
+            nodes.append(n)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return len(before_op)
 
 
 def _clip_bounds(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> tuple[float, float] | None:
@@ -374,6 +427,18 @@ def _dequantized(
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         raise UsageError(f"bias of {dq.output[0]}: per-axis encoding on axis {axis} of a 1-D bias")
     return (values - z) * s
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (``<op type>__<index>``), in place."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name, k = f"{n.op_type}__{i}", 1
+            while name in taken:
+                name, k = f"{n.op_type}__{i}_{k}", k + 1
+            n.name = name
+            taken.add(name)
 
 
 # ---- extra outputs ---------------------------------------------------------------------------------

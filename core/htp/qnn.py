@@ -29,6 +29,7 @@ EP_NAME = "QNNExecutionProvider"
 INSTALL_HINT = "pip install onnxruntime-qnn (Qualcomm's HTP libraries; Linux x86-64 and Windows only)"
 # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 _QUIET, _VERBOSE = 3, 0
+_KEEP_REQUANTIZATION = ["DoubleQDQPairsRemover"]
 
 
 class HtpError(OpendlcError):
@@ -177,7 +178,8 @@ def _open(
     try:
         with captured_native_output() as out:
             so = _session_options(options, context_path=context_path, severity=severity, config=config)
-            session = ort.InferenceSession(model, so)
+            # the Q -> DQ -> Q pairs opendlc's lowering adds (a requantization HTP runs) must stay
+            session = ort.InferenceSession(model, so, disabled_optimizers=_KEEP_REQUANTIZATION)
     except Exception as e:
         return None, _one_line(e), out.text
     return session, None, out.text
