@@ -54,7 +54,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert code == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', _first_commands()[1]]
 
 
-def test_quickstart_runs_and_reports_the_fp32_accuracy(tmp_path):
+def test_quickstart_quantizes_prepares_runs_on_htp_and_reports_accuracy(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "quickstart.py"), "--workdir", str(tmp_path / "out")],
         capture_output=True,
@@ -68,6 +68,18 @@ def test_quickstart_runs_and_reports_the_fp32_accuracy(tmp_path):
     accuracy = float(re.search(r"(\d+\.\d+)%", row).group(1))
     assert accuracy > 90.0
     assert (tmp_path / "out" / "digits.dlc").is_file()
+    for command in ("quantize", "graph-prepare", "net-run"):
+        assert f"$ opendlc {command}" in done.stdout
+    quantized = {
+        where: float(re.search(r"(\d+\.\d+)%", line).group(1))
+        for line in done.stdout.splitlines()
+        if "W8A8" in line and "%" in line
+        for where in ("CPU simulation", "HTP emulator")
+        if where in line
+    }
+    assert set(quantized) == {"CPU simulation", "HTP emulator"}
+    assert all(a > accuracy - 2.0 for a in quantized.values())  # W8A8 keeps the float accuracy
+    assert (tmp_path / "out" / "digits_cached.dlc").is_file()
 
 
 # ---- the bundled example -----------------------------------------------------------------------------
