@@ -887,7 +887,7 @@ DOCUMENTED = {
     "snpe-dlc-quantize": set(_SNPE_COMMON.split())
     | {"enable_htp", "htp_socs", "overwrite_cache_records", "use_float_io"},
     "qairt-quantizer": set(_QAIRT.split()),
-    "opendlc quantize": set(_QAIRT.split()) | {"dump_encoding_json_version"},
+    "opendlc quantize": set(_QAIRT.split()) | {"dump_encoding_json_version", "report"},
 }
 # options whose effect is checked in test_sdk_quant_more.py rather than in the table
 ELSEWHERE = {
@@ -903,6 +903,7 @@ ELSEWHERE = {
     "config",
     "c",
     "use_aimet_quantizer",
+    "report",  # tests/test_analysis.py
     "enable_htp",
     "htp_socs",
     "overwrite_cache_records",

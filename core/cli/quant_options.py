@@ -333,6 +333,12 @@ def _qairt_options(p: argparse.ArgumentParser, dialect: str) -> None:
             help=f"AIMET format of --dump_encoding_json: {' or '.join(ENCODING_JSON_VERSIONS)} "
             f"(default {DEFAULT_ENCODING_JSON_VERSION}).",
         )
+        io.add_argument(
+            "--report",
+            metavar="HTML",
+            help="Also analyse the quantized model on the calibration inputs (as opendlc analyze "
+            "does): an HTML report, its JSON twin and an overrides file beside it.",
+        )
     io.add_argument(
         "--export_stripped_dlc",
         action="store_true",
@@ -496,9 +502,10 @@ class QuantizeCommand:
     htp_socs: list[str] | None = None
     overwrite_cache_records: bool = False
     htp_options: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None  # opendlc quantize --report: not quantize_file's
 
     def kwargs(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "report"}
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:
@@ -810,6 +817,7 @@ def _qairt_command(dialect: str, given: dict[str, Any]) -> QuantizeCommand:
         dump_encoding_json=given.get("dump_encoding_json", False),
         encoding_json_version=given.get("dump_encoding_json_version", DEFAULT_ENCODING_JSON_VERSION),
         export_stripped_dlc=given.get("export_stripped_dlc", False),
+        report=Path(given["report"]) if "report" in given else None,
     )
 
 
@@ -856,8 +864,16 @@ def run_command(dialect: str, argv: list[str], prog: str | None = None) -> int:
     except _ParserExit as e:  # --help, --version
         return e.status
     progress = log_state.settings.console_level() <= logging.INFO
+    if command.report is not None:
+        from opendlc.analysis.files import check_quantize_report
+
+        check_quantize_report(command.report, command.input_list)
     result = quantize_file(**command.kwargs(), progress=progress)
     log.info("wrote %s", result.output)
     if result.encodings_json is not None:
         log.info("wrote %s", result.encodings_json)
+    if command.report is not None:
+        from opendlc.analysis.files import report_after_quantize
+
+        report_after_quantize(result.container, command, progress=progress)
     return 0
