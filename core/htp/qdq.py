@@ -191,7 +191,8 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
 
 
 # ---- lowering for the QNN EP -----------------------------------------------------------------------
-_TAKES_BIAS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+# op -> index of its bias; the bias is re-encoded at scale (input 0) x (input 1: weight, or norm scale)
+_TAKES_BIAS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "LayerNormalization": 2, "InstanceNormalization": 2}
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -213,8 +214,9 @@ def lower_for_htp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
       op, as QNN does): the activation's output encoding is repeated between op and activation.
       Quantizing before or after a Relu is the same when zero is on the grid; a Clip is only treated
       when its bounds lie on the grid or outside the encoding's range, so nothing changes numerically.
-    * biases quantized to 8 or 16 bits: the QNN EP groups Conv/Gemm into a quantized op only with an
-      int32 bias, so the bias values (exactly as quantized) are re-encoded at scale input x weight.
+    * biases quantized to 8 or 16 bits: the QNN EP groups Conv/Gemm/LayerNormalization into a quantized
+      op only with an int32 bias, so the bias values (as quantized) are re-encoded at scale input x
+      weight (x the norm's scale).
     * a data-movement op (Reshape, Transpose, MaxPool, nearest Resize, ...) whose output encoding differs
       from its input's: the QNN EP groups these only with equal encodings, so its input is converted to
       the output's encoding first (a DequantizeLinear -> QuantizeLinear pair, a QNN Convert).  Rounding
