@@ -288,6 +288,199 @@ def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int) -> lis
     return rows
 
 
+# ---- docs/benchmarks.md ------------------------------------------------------------------------------
+# FACTS.md section 5: the peers' best W8A8 output SQNR, measured with 64 calibration and 8 held-out crops.
+PEERS = {
+    "det": {"ONNX Runtime": 8.6, "AIMET": 7.6},
+    "cls": {"ONNX Runtime": 16.5, "AIMET": 18.8},
+    "rec": {"ONNX Runtime": 12.6, "AIMET": 14.0},
+}
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _best(rows: list[dict], **match) -> dict | None:
+    chosen = [
+        r for r in rows if r.get("sqnr_db") is not None and all(r.get(k) == v for k, v in match.items())
+    ]
+    return max(chosen, key=lambda r: r["sqnr_db"], default=None)
+
+
+def render_accuracy(rows: list[dict], n_cal: int, n_held: int) -> str:
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    head = []
+    for m in models:
+        ours_w8a8 = max(
+            (
+                r
+                for r in rows
+                if r["model"] == m
+                and r["tool"] == "opendlc"
+                and r["family"].startswith("W8A8")
+                and r["sqnr_db"] is not None
+            ),
+            key=lambda r: r["sqnr_db"],
+            default=None,
+        )
+        default = next((r for r in rows if r["model"] == m and r["config"].startswith("SDK default")), None)
+        ort_best = _best(rows, model=m, tool="onnxruntime", family="W8A8 per-tensor")
+        ort_pc = _best(rows, model=m, tool="onnxruntime", family="W8A8 per-channel")
+        ort = max([x for x in (ort_best, ort_pc) if x], key=lambda r: r["sqnr_db"], default=None)
+        peers = PEERS.get(m, {})
+        best_peer = max([*peers.values(), ort["sqnr_db"] if ort else -99])
+        head.append(
+            [
+                m,
+                f"{ours_w8a8['sqnr_db']:.2f}" if ours_w8a8 else None,
+                ours_w8a8["config"] if ours_w8a8 else None,
+                f"{default['sqnr_db']:.2f}" if default else None,
+                f"{ort['sqnr_db']:.2f} ({ort['config'].replace('ORT ', '')})" if ort else None,
+                " / ".join(f"{v}" for v in peers.values()),
+                f"{ours_w8a8['sqnr_db'] - best_peer:+.2f}" if ours_w8a8 else None,
+            ]
+        )
+    fam_rows = []
+    for m in models:
+        for fam in ("W8A8 per-tensor", "W8A8 per-channel", "W8A16"):
+            o = _best(rows, model=m, tool="opendlc", family=fam)
+            t = _best(rows, model=m, tool="onnxruntime", family=fam)
+            fam_rows.append(
+                [
+                    m,
+                    fam,
+                    f"{o['sqnr_db']:.2f}" if o else None,
+                    o["config"] if o else None,
+                    f"{t['sqnr_db']:.2f}" if t else None,
+                    t["config"] if t else None,
+                ]
+            )
+    full = [
+        [
+            r["model"],
+            r["tool"],
+            r["config"],
+            r["sqnr_db"] if r["sqnr_db"] is not None else r.get("error"),
+            r["seconds"],
+        ]
+        for r in rows
+    ]
+    return "\n\n".join(
+        [
+            "## Quantization accuracy (issue 3)",
+            f"Output SQNR against FP32 (dB, higher is better) on {n_held} held-out crops after "
+            f"calibrating on {n_cal} "
+            "crops; the PP-OCR models of FACTS.md section 4 at static shapes det 1x3x480x480, rec "
+            "1x3x48x320, "
+            "cls 1x3x48x192. Reproduce: `python bench/quant_bench.py accuracy --calibration "
+            f"{n_cal} --heldout {n_held} --json acc.json` then `python bench/quant_bench.py write "
+            "--accuracy acc.json`.",
+            "### Best W8A8 against the peers",
+            _table(
+                [
+                    "model",
+                    "opendlc best W8A8",
+                    "its configuration",
+                    "SDK default (W8A8, 8-bit bias, min-max)",
+                    "ONNX Runtime best W8A8, this run",
+                    "peers in FACTS.md (ORT / AIMET)",
+                    "margin over the best peer",
+                ],
+                head,
+            ),
+            "The best configuration is the best of those listed below on these held-out crops (a selection: "
+            "every configuration's number is in the full table). The SDK default keeps 8-bit biases: "
+            "a single 8-bit encoding for all of a layer's biases is what "
+            "costs most there; 32-bit biases (`--bias_bitwidth 32`) are the first thing to turn on. "
+            "FACTS.md's "
+            "peer numbers were measured on 8 held-out crops of a similar but not identical crop set; the "
+            "onnxruntime column is this run's own measurement on exactly our crops.",
+            "### Per family",
+            _table(
+                ["model", "family", "opendlc best", "configuration", "ONNX Runtime best", "configuration"],
+                fam_rows,
+            ),
+            "<details><summary>Every configuration</summary>\n\n"
+            + _table(["model", "tool", "configuration", "SQNR dB (or error)", "seconds"], full)
+            + "\n\n</details>",
+        ]
+    )
+
+
+def render_memory(rows: list[dict]) -> str:
+    return "\n\n".join(
+        [
+            "## Calibration memory (issue 3)",
+            "Peak RSS of a whole quantization (one child process each, `os.wait4`) with 16 and 64 "
+            "calibration "
+            "samples read one at a time from raw files. Reproduce: `python bench/quant_bench.py "
+            "memory --json m.json`.",
+            _table(
+                ["model", "method", "peak RSS 16 samples (MB)", "peak RSS 64 samples (MB)", "ratio 64/16"],
+                [[r["model"], r["method"], r["rss16_mb"], r["rss64_mb"], f"{r['ratio']:.3f}"] for r in rows],
+            ),
+            "For comparison, onnxruntime's Percentile and Entropy calibrators keep every activation of every "
+            "sample (see the speed table's RSS column, and FACTS.md section 5: 6.7 GB at 16 samples, out of "
+            "memory at 64 on the detector).",
+        ]
+    )
+
+
+def render_speed(rows: list[dict]) -> str:
+    return "\n\n".join(
+        [
+            "## Calibration speed (issue 3)",
+            "Wall time of a whole opendlc quantization (normalisation, calibration, encodings) "
+            "against the plain "
+            "float forward passes over the same samples, and against "
+            "`onnxruntime.quantization.quantize_static` "
+            "with the matching calibrator (its Percentile/Entropy on fewer samples where it would run out of "
+            "memory: both tools then run on that count). Reproduce: `python bench/quant_bench.py "
+            "speed --json s.json`.",
+            _table(
+                [
+                    "model",
+                    "method",
+                    "samples",
+                    "opendlc s",
+                    "x float forward",
+                    "ORT samples",
+                    "ORT s",
+                    "opendlc / ORT",
+                    "ORT peak RSS MB",
+                ],
+                [
+                    [
+                        r["model"],
+                        r["method"],
+                        r["samples"],
+                        r["seconds"],
+                        r["vs_forward"],
+                        r.get("ort_samples"),
+                        r.get("ort_seconds"),
+                        r.get("vs_ort"),
+                        r.get("ort_rss_mb"),
+                    ]
+                    for r in rows
+                ],
+            ),
+        ]
+    )
+
+
+def write_section(name: str, text: str) -> None:
+    doc = DOC.read_text()
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -306,6 +499,12 @@ def main() -> None:
     s.add_argument("--ort-histogram-samples", type=int, default=16)
     for x in (a, m, s):
         x.add_argument("--json", type=Path, help="write the rows as JSON here")
+    w = sub.add_parser("write", help="render JSON results into docs/benchmarks.md")
+    w.add_argument("--accuracy", type=Path)
+    w.add_argument("--memory", type=Path)
+    w.add_argument("--speed", type=Path)
+    w.add_argument("--calibration", type=int, default=64)
+    w.add_argument("--heldout", type=int, default=32)
     c = sub.add_parser("_child")
     c.add_argument("tool")
     c.add_argument("model")
@@ -314,6 +513,15 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "_child":
         child(args.tool, args.model, args.method, args.n)
+        return
+    if args.cmd == "write":
+        if args.accuracy:
+            rows = json.loads(args.accuracy.read_text())
+            write_section("quant-accuracy", render_accuracy(rows, args.calibration, args.heldout))
+        if args.memory:
+            write_section("quant-memory", render_memory(json.loads(args.memory.read_text())))
+        if args.speed:
+            write_section("quant-speed", render_speed(json.loads(args.speed.read_text())))
         return
     if args.cmd == "accuracy":
         rows = accuracy(args.models, args.calibration, args.heldout, args.configs)
