@@ -24,11 +24,11 @@ _stderr = Console(stderr=True)
 
 
 def _enabled() -> bool:
-    # --quiet / --silent silence progress too
-    return (
-        logging.getLogger("opendlc").getEffectiveLevel() <= logging.INFO
-        or not logging.getLogger("opendlc").handlers
-    )
+    """--quiet and --silent silence progress bars too (the console's level, not the logger's, which
+    stays open for the log file)."""
+    from opendlc.cli.logging_options import state
+
+    return state.settings.console_level() <= logging.INFO
 
 
 class _RateColumn(ProgressColumn):
