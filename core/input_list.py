@@ -139,19 +139,25 @@ def load_sample(
     out = {}
     for spec in specs:
         file = sample[spec.name]
-        dtype = spec.dtype if native else np.dtype(np.float32)
-        expected = int(np.prod(spec.shape)) * dtype.itemsize
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
-            raise UsageError(f"{file}: input file does not exist") from None
-        if size != expected:
-            raise UsageError(
-                f"{file}: wrong size for input '{spec.name}' {list(spec.shape)} {dtype.name}: "
-                f"expected {expected} bytes, found {size}"
-            )
+        dtype = check_file_size(file, spec, native=native)
         out[spec.name] = np.fromfile(file, dtype=dtype).reshape(spec.shape).astype(spec.dtype, copy=False)
     return out
+
+
+def check_file_size(file: Path, spec: InputSpec, *, native: bool = False) -> np.dtype:
+    """Check that ``file`` holds exactly one ``spec`` input; return the element type it is read as."""
+    dtype = spec.dtype if native else np.dtype(np.float32)
+    expected = int(np.prod(spec.shape)) * dtype.itemsize
+    try:
+        size = file.stat().st_size
+    except OSError:
+        raise UsageError(f"{file}: input file does not exist") from None
+    if size != expected:
+        raise UsageError(
+            f"{file}: wrong size for input '{spec.name}' {list(spec.shape)} {dtype.name}: "
+            f"expected {expected} bytes, found {size}"
+        )
+    return dtype
 
 
 def iter_samples(

@@ -29,6 +29,7 @@ from opendlc.errors import NotAvailableError, UsageError
 from opendlc.input_list import (
     InputList,
     InputSpec,
+    check_file_size,
     input_specs,
     iter_samples,
     read_input_list,
@@ -99,18 +100,7 @@ def check_input_sizes(lst: InputList, specs: list[InputSpec], *, native: bool = 
     """Check every raw file's size before calibration starts, so a bad file fails in a second."""
     for sample in lst.samples:
         for spec in specs:
-            file = sample[spec.name]
-            dtype = spec.dtype if native else np.dtype(np.float32)
-            expected = int(np.prod(spec.shape)) * dtype.itemsize
-            try:
-                size = file.stat().st_size
-            except OSError:
-                raise UsageError(f"{file}: input file does not exist") from None
-            if size != expected:
-                raise UsageError(
-                    f"{file}: wrong size for input '{spec.name}' {list(spec.shape)} {dtype.name}: "
-                    f"expected {expected} bytes, found {size}"
-                )
+            check_file_size(sample[spec.name], spec, native=native)
 
 
 def calibration_inputs(
