@@ -336,3 +336,48 @@ def test_quantize_report(tmp_path):
     assert data["options"]["use_per_channel_quantization"] is True
     assert data["sensitivity"]["rows"][0]["tensor"] == SENSITIVE
     assert (tmp_path / "r.html").is_file() and (tmp_path / "r_overrides.json").is_file()
+
+
+@pytest.mark.real_models
+@pytest.mark.slow
+def test_ppocr_cls_worst_layers_and_reproduced_gain(ppocr, tmp_path):
+    """On the real classifier: the report names its worst layers (per-tensor depthwise weights), and the
+    overrides file, applied with convert + quantize, gives the gain the report states."""
+    import realmodels
+
+    from opendlc.analysis.render import write_report
+    from opendlc.model_edit import set_input_shapes
+
+    shape = realmodels.input_shape("cls")
+    model = set_input_shapes(onnx.load(ppocr("cls")), {"x": list(shape)})
+    onnx.save(model, tmp_path / "cls.onnx")
+    cal = [{"x": x} for x in realmodels.image_crops(shape, 8, seed=0)]
+    held = [{"x": x} for x in realmodels.image_crops(shape, 2, seed=1000)]
+    report = analyze(Container(model), cal, heldout=held, candidates=6, progress=False)
+    worst = report.sensitivity[0]
+    assert worst.item.kind == "weights" and "depthwise" in worst.item.tensor
+    assert report.verdict.items and report.verdict.gain_db > 3
+    files = write_report(report, tmp_path / "cls.html")
+
+    cal_list = write_input_list(tmp_path / "cal", cal)
+    ok(run("quantize", "-i", tmp_path / "cls.onnx", "-l", cal_list, "-o", tmp_path / "q.dlc"))
+    ok(
+        run(
+            "convert",
+            tmp_path / "cls.onnx",
+            "--quantization_overrides",
+            files.overrides,
+            "-o",
+            tmp_path / "c.dlc",
+        )
+    )
+    ok(run("quantize", "-i", tmp_path / "c.dlc", "-l", cal_list, "-o", tmp_path / "q2.dlc"))
+
+    def sqnr(path) -> float:
+        ref = np.concatenate([o[0].ravel() for o in outputs(model, held)])
+        got = np.concatenate([o[0].ravel() for o in outputs(to_qdq_model(dlc.load(path)), held)])
+        return sqnr_db(ref, got)
+
+    before, after = sqnr(tmp_path / "q.dlc"), sqnr(tmp_path / "q2.dlc")
+    assert before == pytest.approx(report.verdict.baseline_sqnr_db, abs=0.5)
+    assert after - before == pytest.approx(report.verdict.gain_db, abs=0.5)
