@@ -8,7 +8,7 @@ import pytest
 from graphtools import const, model, op_types, outputs_over, relative_error
 from onnx import helper, numpy_helper
 
-from opendlc.graph.equalize import channel_ranges, equalize
+from opendlc.graph.equalize import Layout, channel_ranges, equalize
 
 RNG = np.random.default_rng(3)
 X = ("x", [1, 3, 10, 10])
@@ -20,7 +20,7 @@ def samples(n=3):
 
 def weights(m: onnx.ModelProto) -> dict[str, np.ndarray]:
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    return {n.name: inits[n.input[1]] for n in m.graph.node if n.op_type == "Conv"}
+    return {n.name: inits[n.input[1]] for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose")}
 
 
 def unbalanced_pair(activation: str = "Relu", group2: int = 1) -> onnx.ModelProto:
@@ -54,7 +54,7 @@ def quantize_weights_per_tensor(m: onnx.ModelProto, bits: int = 8) -> onnx.Model
     """Conv weights replaced by their per-tensor min-max asymmetric quantize-dequantize."""
     out = onnx.ModelProto()
     out.CopyFrom(m)
-    names = {n.input[1] for n in out.graph.node if n.op_type == "Conv"}
+    names = {n.input[1] for n in out.graph.node if n.op_type in ("Conv", "ConvTranspose")}
     for t in out.graph.initializer:
         if t.name in names:
             w = numpy_helper.to_array(t).astype(np.float64)
@@ -130,6 +130,98 @@ def test_chain_with_batch_norm_and_depthwise_converges():
     assert 1 < result.iterations < 100  # converged, not stopped by the limit
     data = samples()
     assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-5
+
+
+def scale_output_channel(w: np.ndarray, op: str, group: int, channel: int, factor: float) -> None:
+    """Multiply every weight producing output ``channel`` (written out per op, not via Layout)."""
+    if op == "Conv":  # (C_out, C_in / group, k...)
+        w[channel] *= factor
+    else:  # ConvTranspose: (C_in, C_out / group, k...); output channel = group index * per_group + j
+        per_group_out, per_group_in = w.shape[1], w.shape[0] // group
+        g, j = divmod(channel, per_group_out)
+        w[g * per_group_in : (g + 1) * per_group_in, j] *= factor
+
+
+def scale_input_channel(w: np.ndarray, op: str, group: int, channel: int, factor: float) -> None:
+    """Multiply every weight reading input ``channel``."""
+    if op == "ConvTranspose":
+        w[channel] *= factor
+    else:
+        per_group_in, per_group_out = w.shape[1], w.shape[0] // group
+        g, j = divmod(channel, per_group_in)
+        w[g * per_group_out : (g + 1) * per_group_out, j] *= factor
+
+
+def conv_node(op: str, inputs: list[str], output: str, name: str, group: int) -> onnx.NodeProto:
+    if op == "Conv":
+        return helper.make_node("Conv", inputs, [output], pads=[1] * 4, group=group, name=name)
+    return helper.make_node(
+        "ConvTranspose", inputs, [output], strides=[2, 2], pads=[1] * 4, group=group, name=name
+    )
+
+
+def weight_shape(op: str, c_in: int, c_out: int, group: int) -> tuple[int, ...]:
+    return (c_out, c_in // group, 3, 3) if op == "Conv" else (c_in, c_out // group, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        (("Conv", 1), ("ConvTranspose", 1)),
+        (("Conv", 1), ("ConvTranspose", 2), ("Conv", 4)),
+        (("ConvTranspose", 1), ("ConvTranspose", 4), ("ConvTranspose", 1)),
+    ],
+)
+def test_transposed_convolutions_are_equalized(ops):
+    """ConvTranspose on either side of a pair (grouped too): its weights are (C_in, C_out / group, k...),
+    the other way round from Conv's.  A channel mapping mistake would change the float function."""
+    channels = [3, 8, 8, 4][: len(ops) + 1]
+    u = [np.linspace(-2, 2, c) for c in channels]  # output channel i of layer n is 10^u too large ...
+    ws = []
+    for n, (op, group) in enumerate(ops):
+        w = RNG.standard_normal(weight_shape(op, channels[n], channels[n + 1], group))
+        for i in range(channels[n + 1]):
+            scale_output_channel(w, op, group, i, 10 ** u[n + 1][i])
+        if n:  # ... and the next layer's input channel i 10^u too small: the same function
+            for i in range(channels[n]):
+                scale_input_channel(w, op, group, i, 10 ** -u[n][i])
+        ws.append(w)
+    inits, nodes, x = [], [], "x"
+    for n, (op, group) in enumerate(ops):
+        inits += [const(f"w{n}", ws[n]), const(f"b{n}", RNG.standard_normal(channels[n + 1]))]
+        nodes.append(conv_node(op, [x, f"w{n}", f"b{n}"], f"y{n}", f"layer{n}", group))
+        x = f"y{n}"
+        if n < len(ops) - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"a{n}"]))
+            x = f"a{n}"
+    nodes[-1].output[0] = "out"
+    m = model(nodes, [X], [("out", None)], inits)
+
+    result = equalize(m)
+    assert [(p.first, p.second) for p in result.pairs] == [
+        (f"layer{n}", f"layer{n + 1}") for n in range(len(ops) - 1)
+    ]
+    data = samples()
+    assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-5
+    for n in range(len(ops) - 1):
+        (op1, g1), (op2, g2) = ops[n], ops[n + 1]
+
+        def ranges(w, n=n, g1=g1, g2=g2, op1=op1, op2=op2):
+            return channel_ranges(
+                w[f"layer{n}"],
+                w[f"layer{n + 1}"],
+                g2,
+                layout1=Layout(g1, op1 == "ConvTranspose"),
+                transposed2=op2 == "ConvTranspose",
+            )
+
+        before, (r1, r2) = ranges(weights(m)), ranges(weights(result.model))
+        assert np.abs(np.log10(before[0] / before[1])).max() > 1  # really unbalanced before
+        np.testing.assert_allclose(r1, r2, rtol=1e-3)  # each channel: the same range on both sides
+    ref = outputs_over(m, data)
+    sqnr_before = sqnr_db(ref, outputs_over(quantize_weights_per_tensor(m), data))
+    sqnr_after = sqnr_db(ref, outputs_over(quantize_weights_per_tensor(result.model), data))
+    assert sqnr_after > sqnr_before + 10, (sqnr_before, sqnr_after)
 
 
 @pytest.mark.parametrize("between", ["Clip", "HardSwish", "Sigmoid", "branch"])

@@ -7,6 +7,8 @@ by it: these activations are positively homogeneous per channel (``f(x / s) = f(
 zero padding stays zero.  Choosing ``s_i = sqrt(r1_i / r2_i)`` (``r`` the largest |weight| of the
 channel) gives both sides the same range ``sqrt(r1_i * r2_i)``, so one per-tensor weight encoding
 fits every channel better.  Pairs that share a convolution are balanced in turn until the scales settle.
+Either convolution may be a ConvTranspose (weights ``(C_in, C_out / group, k...)``, the other way round
+from Conv's): it is linear in its input with no padding of its own, so the same scaling is exact.
 
 Not equalized across: Clip / Relu6 / HardSwish / HardSigmoid / Sigmoid and anything else that is not
 positively homogeneous (``Clip(x / s, 0, 6) != Clip(x, 0, 6) / s``); a tensor read by more than one
@@ -31,6 +33,7 @@ from opendlc.graph.view import GraphView
 
 # activations f with f(x / s) == f(x) / s for every s > 0 (per channel for PRelu's per-channel slope)
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
+CONVOLUTIONS = {"Conv", "ConvTranspose"}
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,8 @@ def _name_nodes(view: GraphView) -> None:
 
 
 def _conv_params(view: GraphView, node: onnx.NodeProto | None) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """(weight, bias) of a Conv whose parameters are float constants, else None."""
-    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+    """(weight, bias) of a Conv / ConvTranspose whose parameters are float constants, else None."""
+    if node is None or node.op_type not in CONVOLUTIONS or len(node.input) < 2:
         return None
     w = view.const(node.input[1])
     if w is None or not np.issubdtype(w.dtype, np.floating) or w.ndim < 3:
@@ -94,26 +97,52 @@ def _conv_params(view: GraphView, node: onnx.NodeProto | None) -> tuple[np.ndarr
     return w, None
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a convolution's weight tensor maps onto its input and output channels."""
+
+    group: int = 1
+    transposed: bool = False  # ConvTranspose: (C_in, C_out / group, k...); Conv: (C_out, C_in / group, k...)
+
+    @classmethod
+    def of(cls, view: GraphView, node: onnx.NodeProto) -> Layout:
+        return cls(int(view.attr(node, "group", 1)), node.op_type == "ConvTranspose")
+
+    def canonical(self, w: np.ndarray) -> np.ndarray:
+        """``w`` as (group, outputs per group, inputs per group, kernel), for either op."""
+        if self.transposed:
+            return w.reshape(self.group, w.shape[0] // self.group, w.shape[1], -1).transpose(0, 2, 1, 3)
+        return w.reshape(self.group, w.shape[0] // self.group, w.shape[1], -1)
+
+    def restore(self, c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The inverse of :meth:`canonical`."""
+        return (c.transpose(0, 2, 1, 3) if self.transposed else c).reshape(shape)
+
+    def channels(self, w: np.ndarray) -> tuple[int, int]:
+        """(input channels, output channels)."""
+        c = self.canonical(w)
+        return c.shape[0] * c.shape[2], c.shape[0] * c.shape[1]
+
+
 def find_pairs(view: GraphView) -> list[Pair]:
-    """Every ``Conv -> [Relu | LeakyRelu | PRelu | nothing] -> Conv`` whose middle tensors have one reader."""
+    """Every ``Conv -> [Relu | LeakyRelu | PRelu | nothing] -> Conv`` (either may be a ConvTranspose)
+    whose middle tensors have one reader."""
     pairs = []
     for first in view.graph.node:
         params = _conv_params(view, first)
         if params is None:
             continue
+        _, channels = Layout.of(view, first).channels(params[0])
         nxt = view.sole_consumer(first.output[0])
         activation = None
         if nxt is not None and nxt.op_type in HOMOGENEOUS:
-            if nxt.op_type == "PRelu" and not _slope_is_per_channel(
-                view, nxt, params[0].shape[0], params[0].ndim
-            ):
+            if nxt.op_type == "PRelu" and not _slope_is_per_channel(view, nxt, channels, params[0].ndim):
                 continue
             activation, nxt = nxt, view.sole_consumer(nxt.output[0])
         second = _conv_params(view, nxt)
         if second is None or nxt.input[0] != (activation or first).output[0]:
             continue
-        g2 = int(view.attr(nxt, "group", 1))
-        if second[0].shape[1] * g2 != params[0].shape[0]:
+        if Layout.of(view, nxt).channels(second[0])[0] != channels:
             continue
         pairs.append(Pair(first.name, nxt.name, activation.op_type if activation else None))
     return pairs
@@ -125,12 +154,13 @@ def _slope_is_per_channel(view: GraphView, prelu: onnx.NodeProto, channels: int,
     return slope is not None and per_channel(slope, rank, channels) is not None
 
 
-def channel_ranges(w1: np.ndarray, w2: np.ndarray, group2: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel |max| of the first conv's outputs and of the second conv's matching inputs."""
-    r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1)
-    cout2, cin_g = w2.shape[0], w2.shape[1]
-    grouped = np.abs(w2.reshape((group2, cout2 // group2, cin_g, -1)))
-    r2 = grouped.max(axis=(1, 3)).reshape(-1)  # channel g * cin_g + j
+def channel_ranges(
+    w1: np.ndarray, w2: np.ndarray, group2: int, *, layout1: Layout | None = None, transposed2: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel |max| of the first convolution's outputs and of the second one's matching inputs."""
+    # channel index g * (channels per group) + j, on both sides
+    r1 = np.abs((layout1 or Layout()).canonical(w1)).max(axis=(2, 3)).reshape(-1)
+    r2 = np.abs(Layout(group2, transposed2).canonical(w2)).max(axis=(1, 3)).reshape(-1)
     return r1.astype(np.float64), r2.astype(np.float64)
 
 
@@ -138,18 +168,16 @@ def _equalize_pair(view: GraphView, pair: Pair) -> np.ndarray:
     """Balance one pair in place; returns the scales applied."""
     nodes = {n.name: n for n in view.graph.node}
     first, second = nodes[pair.first], nodes[pair.second]
-    w1, b1 = _conv_params(view, first)
-    w2, _ = _conv_params(view, second)
-    g2 = int(view.attr(second, "group", 1))
-    r1, r2 = channel_ranges(w1, w2, g2)
+    (w1, b1), (w2, _) = _conv_params(view, first), _conv_params(view, second)
+    l1, l2 = Layout.of(view, first), Layout.of(view, second)
+    r1, r2 = channel_ranges(w1, w2, l2.group, layout1=l1, transposed2=l2.transposed)
     usable = (r1 > 0) & (r2 > 0)  # a dead channel keeps its scale
     s = np.ones_like(r1)
     s[usable] = np.sqrt(r1[usable] / r2[usable])
-    view.set_param(first, 1, (w1 / s.reshape((-1,) + (1,) * (w1.ndim - 1))).astype(w1.dtype))
+    out1 = l1.canonical(w1.astype(np.float64)) / s.reshape(l1.group, -1, 1, 1)
+    view.set_param(first, 1, l1.restore(out1, w1.shape).astype(w1.dtype))
     if b1 is not None:
         view.set_param(first, 2, (b1 / s).astype(b1.dtype))
-    cout2, cin_g = w2.shape[0], w2.shape[1]
-    grouped = w2.astype(np.float64).reshape((g2, cout2 // g2, cin_g) + w2.shape[2:])
-    scaled = grouped * s.reshape((g2, 1, cin_g) + (1,) * (w2.ndim - 2))
-    view.set_param(second, 1, scaled.reshape(w2.shape).astype(w2.dtype))
+    in2 = l2.canonical(w2.astype(np.float64)) * s.reshape(l2.group, 1, -1, 1)
+    view.set_param(second, 1, l2.restore(in2, w2.shape).astype(w2.dtype))
     return s
