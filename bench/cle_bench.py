@@ -1,0 +1,353 @@
+"""Cross-layer equalization benchmark (issue 5): opendlc's ``cle`` against aimet-onnx's ``equalize_model``.
+
+    python bench/cle_bench.py [--models cls det] [--calibration 64] [--heldout 32] [--json rows.json]
+                              [--calibration-seed N] [--aimet-python PATH]
+
+For each PP-OCR model (input pinned to its static benchmark shape) and each W8A8 per-tensor configuration
+(min-max and sqnr activation calibration with 32-bit biases, and the SDK default: min-max, 8-bit biases),
+the output SQNR against FP32 on held-out crops of three float models quantized the same way by opendlc:
+
+- ``none``: the model as it is;
+- ``opendlc cle``: the same quantization with ``apply_algorithms=["cle"]``;
+- ``AIMET``: aimet-onnx's ``equalize_model`` run on the same static float model, saved, then quantized by
+  opendlc exactly as ``none`` -- so only the equalization differs.
+
+Each equalized float model is also compared with the original on the held-out crops (largest absolute
+output difference over the largest absolute output): equalization should keep the float function.
+
+aimet-onnx is not one of opendlc's dependencies.  It is used in this interpreter if importable, else in
+the interpreter given by ``--aimet-python`` (default ``$OPENDLC_AIMET_PYTHON`` or ``/tmp/venv-aimet``),
+which runs this file's ``_aimet`` step in a child process.  Without it the AIMET rows are left out and
+the script says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import onnx
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_AIMET_PYTHON = Path(os.environ.get("OPENDLC_AIMET_PYTHON", "/tmp/venv-aimet/bin/python"))
+
+# name -> QuantizerOptions keywords; all W8A8 per-tensor (the option defaults)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "min-max, bias32": {"act_quantizer_calibration": "min-max", "bias_bitwidth": 32},
+    "sqnr, bias32": {"act_quantizer_calibration": "sqnr", "bias_bitwidth": 32},
+    "min-max, bias8 (SDK default)": {"act_quantizer_calibration": "min-max", "bias_bitwidth": 8},
+}
+EQUALIZATIONS = ("none", "opendlc cle", "AIMET")
+
+
+def _data() -> ModuleType:
+    """The bench helpers (imported late: the AIMET child step does not need them)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import data
+
+    return data
+
+
+# ---- AIMET's equalization, in whichever interpreter has aimet-onnx ----------------------------------
+def aimet_equalize_file(src: Path, dst: Path) -> None:
+    """aimet-onnx's documented CLE entry point on the float model ``src``; the result is saved to ``dst``."""
+    from aimet_onnx.cross_layer_equalization import equalize_model
+
+    model = onnx.load(src)
+    equalize_model(model)  # in place: BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold
+    onnx.save(model, dst)
+
+
+def aimet_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float model as AIMET is given it: ``Constant``-node weights moved to initializers.
+
+    PP-OCR (paddle2onnx) keeps every weight in a ``Constant`` node as ``float_data``.  aimet-onnx 2.42
+    reads those, but writes the folded / scaled weights into ``raw_data`` next to the old ``float_data``:
+    an invalid tensor (onnxruntime reads ``raw_data``, onnx's version converter refuses it).  With the
+    weights as initializers (what an ONNX simplifier or exporter's constant folding gives; the float
+    function is unchanged) AIMET writes valid tensors.
+    """
+    from opendlc.graph.normalize import constants_to_initializers
+
+    return constants_to_initializers(model)
+
+
+def _ambiguous_tensors(model: onnx.ModelProto) -> list[str]:
+    """Tensors holding values in more than one field (which field a reader takes is up to the reader)."""
+    fields = ("raw_data", "float_data", "int32_data", "int64_data", "double_data")
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
+    ]
+    return [t.name for t in tensors if sum(len(getattr(t, f)) > 0 for f in fields) > 1]
+
+
+def aimet_in_process() -> bool:
+    try:
+        import aimet_onnx.cross_layer_equalization  # noqa: F401
+    except Exception:  # not installed, or an incompatible torch/onnx: either way unavailable here
+        return False
+    return True
+
+
+def aimet_equalized(src: Path, dst: Path, aimet_python: Path | None) -> str | None:
+    """Write AIMET's equalization of ``src`` to ``dst``; return None, or why AIMET was not available."""
+    if aimet_in_process():
+        aimet_equalize_file(src, dst)
+        return None
+    if aimet_python is None or not aimet_python.exists():
+        return f"aimet-onnx is not importable here and {aimet_python} does not exist"
+    proc = subprocess.run(
+        [str(aimet_python), __file__, "_aimet", str(src), str(dst)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"aimet-onnx failed in {aimet_python}: {last}"
+    return None
+
+
+# ---- measurements ------------------------------------------------------------------------------------
+STANDARD_HELDOUT = 32  # the held-out raw files the benchmarks share
+
+
+class InMemory:
+    """A sized, re-iterable sample set held in memory."""
+
+    def __init__(self, samples: list[dict[str, np.ndarray]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.samples)
+
+
+def _crops(name: str, n: int, seed: int) -> InMemory:
+    import realmodels  # on the path once the bench helpers are imported
+
+    crops = realmodels.image_crops(realmodels.input_shape(name), n, seed=seed)
+    return InMemory([{"x": c.astype(np.float32)} for c in crops])
+
+
+def heldout_set(name: str, n: int) -> Iterable[dict[str, np.ndarray]]:
+    """The first ``n`` held-out crops.  Beyond the shared 32 files (a larger set makes the 2-class
+    classifier's SQNR less noisy) the same seed's crops are made in memory rather than rewriting the
+    shared files while other benchmarks may be reading them."""
+    data = _data()
+    if n <= STANDARD_HELDOUT:
+        return data.Samples(name, data.raw_files(name, n, heldout=True))
+    return _crops(name, n, data.HELDOUT_SEED)
+
+
+def calibration_set(name: str, n: int, seed: int | None) -> Iterable[dict[str, np.ndarray]]:
+    """The shared calibration files, or (``seed`` given) another draw of crops made in memory: how much
+    a difference depends on the calibration sample."""
+    data = _data()
+    if seed is None or seed == data.CALIBRATION_SEED:
+        return data.Samples(name, data.raw_files(name, n))
+    if seed == data.HELDOUT_SEED:
+        raise SystemExit(f"--calibration-seed {seed} is the held-out seed")
+    return _crops(name, n, seed)
+
+
+def quantized_outputs(
+    model: onnx.ModelProto,
+    config: dict[str, Any],
+    calibration: Iterable[dict[str, np.ndarray]],
+    heldout: Iterable[dict[str, np.ndarray]],
+) -> np.ndarray:
+    from opendlc.container import Container
+    from opendlc.quant.api import quantize
+    from opendlc.quant.export import to_qdq_model
+    from opendlc.quant.options import QuantizerOptions
+
+    data = _data()
+    q = quantize(Container(model), calibration, QuantizerOptions(**config), progress=False)
+    return data.outputs(to_qdq_model(q), heldout)
+
+
+def float_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
+    """(largest |difference| over the largest |reference|, SQNR in dB) of an equalized float model."""
+    data = _data()
+    return float(np.abs(ref - test).max() / np.abs(ref).max()), data.sqnr_db(ref, test)
+
+
+def opendlc_equalized_float(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The float model ``cle`` hands to calibration (normalised, as the quantizer does first, then
+    equalized), and the number of convolution pairs equalized."""
+    from opendlc.graph.equalize import equalize
+    from opendlc.graph.normalize import normalize
+
+    result = equalize(normalize(model).model)
+    return result.model, len(result.pairs)
+
+
+def run(
+    models: list[str], n_cal: int, n_held: int, aimet_python: Path | None, calibration_seed: int | None = None
+) -> tuple[list[dict], list[dict], list[str]]:
+    """(SQNR rows, float-agreement rows, notes)."""
+    data = _data()
+    rows: list[dict] = []
+    agreement: list[dict] = []
+    notes: list[str] = []
+    for name in models:
+        cal = calibration_set(name, n_cal, calibration_seed)
+        held = heldout_set(name, n_held)
+        original = data.model(name)
+        ref = data.outputs(original, held)
+
+        ours, n_pairs = opendlc_equalized_float(original)
+        diff, fsq = float_agreement(ref, data.outputs(ours, held))
+        agreement.append(
+            {
+                "model": name,
+                "equalization": "opendlc cle",
+                "pairs": n_pairs,
+                "max_rel_diff": diff,
+                "float_sqnr_db": fsq,
+            }
+        )
+        floats: dict[str, onnx.ModelProto] = {"none": original}
+        with tempfile.TemporaryDirectory(prefix="cle_bench_") as tmp:
+            src, dst = Path(tmp) / f"{name}_prepared.onnx", Path(tmp) / f"{name}_aimet.onnx"
+            onnx.save(aimet_input(original), src)
+            t = time.perf_counter()
+            why = aimet_equalized(src, dst, aimet_python)
+            if why is None:
+                print(f"{name}: AIMET equalize_model {time.perf_counter() - t:.1f} s", file=sys.stderr)
+                floats["AIMET"] = onnx.load(dst)
+                bad = _ambiguous_tensors(floats["AIMET"])
+                if bad:
+                    raise SystemExit(f"{name}: AIMET wrote tensors with two value fields: {bad[:5]}")
+                diff, fsq = float_agreement(ref, data.outputs(floats["AIMET"], held))
+                agreement.append(
+                    {
+                        "model": name,
+                        "equalization": "AIMET",
+                        "pairs": None,
+                        "max_rel_diff": diff,
+                        "float_sqnr_db": fsq,
+                    }
+                )
+            else:
+                notes.append(f"{name}: AIMET not available ({why}); its rows are left out")
+                print(notes[-1], file=sys.stderr)
+
+        for cfg_name, cfg in CONFIGS.items():
+            for eq in EQUALIZATIONS:
+                if eq == "opendlc cle":
+                    model, options = original, {**cfg, "apply_algorithms": ["cle"]}
+                elif eq in floats:
+                    model, options = floats[eq], cfg
+                else:
+                    continue
+                t = time.perf_counter()
+                sq = data.sqnr_db(ref, quantized_outputs(model, options, cal, held))
+                secs = time.perf_counter() - t
+                rows.append(
+                    {
+                        "model": name,
+                        "config": cfg_name,
+                        "equalization": eq,
+                        "sqnr_db": round(sq, 2),
+                        "seconds": round(secs, 1),
+                    }
+                )
+                print(
+                    f"{name:4s} {cfg_name:30s} {eq:12s} {sq:7.2f} dB  {secs:6.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return rows, agreement, notes
+
+
+def markdown(rows: list[dict], agreement: list[dict]) -> str:
+    """SQNR: one line per model and configuration, the equalizations side by side; then the float check."""
+    lines = [
+        "| model | W8A8 per-tensor | none | opendlc `cle` | AIMET `equalize_model` |",
+        "|---|---|---:|---:|---:|",
+    ]
+    seen: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        seen.setdefault((r["model"], r["config"]), {})[r["equalization"]] = r["sqnr_db"]
+    for (model, cfg), by_eq in seen.items():
+        cells = [f"{by_eq[e]:.2f}" if e in by_eq else "n/a" for e in EQUALIZATIONS]
+        lines.append(f"| {model} | {cfg} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| model | equalized float model | pairs | max relative difference | float SQNR dB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for a in agreement:
+        pairs = "" if a["pairs"] is None else str(a["pairs"])
+        cells = [
+            a["model"],
+            a["equalization"],
+            pairs,
+            f"{a['max_rel_diff']:.1e}",
+            f"{a['float_sqnr_db']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "_aimet":  # child step in the AIMET interpreter
+        aimet_equalize_file(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["cls", "det"])
+    p.add_argument("--calibration", type=int, default=64)
+    p.add_argument("--heldout", type=int, default=STANDARD_HELDOUT)
+    p.add_argument(
+        "--calibration-seed", type=int, help="draw other calibration crops (default: the shared files)"
+    )
+    p.add_argument("--aimet-python", type=Path, default=DEFAULT_AIMET_PYTHON)
+    p.add_argument("--json", type=Path, help="write the rows as JSON here")
+    args = p.parse_args()
+
+    from opendlc.tables import print_table
+
+    rows, agreement, notes = run(
+        args.models, args.calibration, args.heldout, args.aimet_python, args.calibration_seed
+    )
+    print_table(
+        f"W8A8 per-tensor output SQNR vs FP32 "
+        f"({args.calibration} calibration, {args.heldout} held-out crops)",
+        ["model", "configuration", "equalization", "SQNR dB", "seconds"],
+        [[r["model"], r["config"], r["equalization"], f"{r['sqnr_db']:.2f}", r["seconds"]] for r in rows],
+    )
+    print_table(
+        "Equalized float model vs the original (held-out crops)",
+        ["model", "equalization", "pairs", "max relative difference", "float SQNR dB"],
+        [
+            [
+                a["model"],
+                a["equalization"],
+                a["pairs"],
+                f"{a['max_rel_diff']:.1e}",
+                f"{a['float_sqnr_db']:.1f}",
+            ]
+            for a in agreement
+        ],
+    )
+    print(markdown(rows, agreement))
+    for n in notes:
+        print(n)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "float": agreement, "notes": notes}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
