@@ -84,6 +84,17 @@ def test_per_layer_sqnr_equals_a_direct_computation(report):
     }
 
 
+def test_sqnr_lost_where_computed(report):
+    rows = {r.tensor: r for r in report.layers}
+    # Tanh passes on the small values the coarse 8-bit cube destroyed: the SQNR collapses there
+    assert max(report.layers, key=lambda r: r.drop_db).tensor == "t"
+    assert rows["t"].drop_db == pytest.approx(rows[SENSITIVE].sqnr_db - rows["t"].sqnr_db)
+    # through the fused Conv+Relu: c2 is fed by r1, the graph input feeds r1, nothing feeds x
+    assert rows["c2"].drop_db == pytest.approx(rows["r1"].sqnr_db - rows["c2"].sqnr_db)
+    assert rows["r1"].drop_db == pytest.approx(rows["x"].sqnr_db - rows["r1"].sqnr_db)
+    assert rows["x"].drop_db == 0
+
+
 def test_sensitivity_equals_a_hand_built_qdq_model(report):
     """Only ``spiky`` quantized, with Q/DQ nodes written here rather than by the exporter."""
     c = analyze_container(report)
@@ -184,6 +195,13 @@ def test_a_float_model_with_per_channel_options(tmp_path):
     assert rows["w2"].method == "min-max / asymmetric per-channel, then HTP constraint"  # made symmetric
     assert rows["b2"].method.startswith("derived")
     assert r.verdict.gain_db > 10
+
+
+def test_candidates_zero_runs_every_activation():
+    r = analyze(Container(spiky_net()), CALIBRATION[:6], candidates=0, sensitivity_samples=2, progress=False)
+    runs = {s.item.tensor for s in r.sensitivity if s.item.kind == "activation"}
+    assert runs == {x.tensor for x in r.layers if x.source == "calibration"}
+    assert "every activation" in r.sensitivity_how
 
 
 def test_generator_samples_are_read_once_and_kept():

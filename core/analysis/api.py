@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence, Sized
 import numpy as np
 import onnx
 
-from opendlc.analysis.measure import OutputReference, layer_errors
+from opendlc.analysis.measure import LayerError, OutputReference, layer_errors
 from opendlc.analysis.report import (
     EncodingRow,
     LayerRow,
@@ -34,7 +34,7 @@ from opendlc.analysis.report import (
     Verdict,
     VerdictStep,
 )
-from opendlc.analysis.svg import display_histogram
+from opendlc.analysis.svg import DisplayHistogram, display_histogram
 from opendlc.analysis.variants import (
     Item,
     copy_set,
@@ -47,6 +47,7 @@ from opendlc.analysis.variants import (
 from opendlc.container import Container
 from opendlc.encodings import EncodingSet, TensorEncoding
 from opendlc.errors import UsageError
+from opendlc.observers import TensorStats
 from opendlc.progress import track
 from opendlc.quant.api import quantize
 from opendlc.quant.calibrate import collect_statistics
@@ -80,14 +81,15 @@ def analyze(
     ``samples`` (re-iterable; read several times) give the statistics and per-layer SQNR, and are the
     calibration inputs of every re-quantization.  Sensitivity and the verdict are measured on the first
     ``sensitivity_samples`` of ``heldout`` (default: of ``samples``).  ``candidates``: how many of the
-    worst activations (by each of the two per-layer SQNRs) get a sensitivity run; the weights of every
-    layer that has weights get one too.  ``max_keep``: at most this many items in the verdict; an item
+    worst activations by each per-layer measure (SQNR against FP32, own encoding's SQNR, SQNR lost
+    where computed) get a sensitivity run (0: every activation); the weights of every layer that has
+    weights get one too.  ``max_keep``: at most this many items in the verdict; an item
     is kept only if it raises the output SQNR by ``min_gain_db``.
     """
     if sensitivity_samples < 1:
         raise UsageError("sensitivity needs at least 1 sample")
-    if candidates < 1 or max_keep < 0:
-        raise UsageError("candidates must be at least 1 and max_keep at least 0")
+    if candidates < 0 or max_keep < 0:
+        raise UsageError("candidates and max_keep cannot be negative")
     samples = _reiterable(samples)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -122,27 +124,7 @@ def analyze(
     errors = layer_errors(model, qdq, act_encodings, samples, total=n_samples, udo=udo, progress=progress)
     timings["per-layer SQNR"] = time.perf_counter() - clock
 
-    histograms = {}
-    layers = []
-    for a in acts:
-        t = encodings[a]
-        lo, hi = _range(t)
-        h = display_histogram(stats[a], lo, hi, t.encodings[0].scale if lo is not None else 0.0)
-        if h is not None:
-            histograms[a] = h
-        node, op = producer.get(a, ("(graph input)", "Input"))
-        layers.append(
-            LayerRow(
-                a,
-                node,
-                op,
-                t.bitwidth,
-                errors[a].sqnr_db,
-                errors[a].encoding_sqnr_db,
-                h.clipped_fraction if h else 0.0,
-                t.source,
-            )
-        )
+    layers, histograms = _layer_rows(model, acts, encodings, stats, errors, producer)
 
     clock = time.perf_counter()
     held_source = samples if heldout is None else heldout
@@ -160,25 +142,25 @@ def analyze(
         split[f"{kind}s only"] = reference.worst_sqnr(to_qdq_model(Container(model, only)))
 
     plan = parameter_plan(model)
-    items = _candidates(layers, encodings, plan, producer, candidates)
-    sensitivity = []
-    for item in track(items, "sensitivity", total=len(items), unit="runs", enabled=progress):
-        names = list(item.params) or [item.tensor]
-        variant = keep_only(encodings, names)
-        sqnr = reference.worst_sqnr(to_qdq_model(Container(model, variant)))
-        sensitivity.append(SensitivityRow(item, sqnr))
-    sensitivity.sort(key=lambda r: r.output_sqnr_db)
+    items = _candidates(layers, encodings, plan, candidates)
+    sensitivity = _sensitivity(model, encodings, items, reference, progress)
     n_act = sum(1 for i in items if i.kind == "activation")
-    n_w = len(items) - n_act
     skipped = sum(1 for r in layers if r.source in ("calibration", "overrides", "qdq")) - n_act
+    chosen = (
+        "every activation"
+        if not candidates
+        else (
+            f"the {candidates} worst by SQNR against FP32, by their own encoding's SQNR and by the SQNR "
+            "lost where they are computed"
+        )
+    )
     how = (
-        f"{n_act} activations (the {candidates} worst by SQNR against FP32 and the {candidates} worst by "
-        f"their own encoding's SQNR) and the weights of all {n_w} layers with weights, each quantized "
-        f"alone (everything else float), on {len(held)} sample(s)"
+        f"{n_act} activations ({chosen}) and the weights of all {len(items) - n_act} layers with "
+        f"weights, each quantized alone (everything else float), on {len(held)} sample(s)"
         + ("" if heldout is None else " held out from the calibration data")
         + f"; {max(skipped, 0)} other activations with encodings of their own were not run"
-        + " (their per-layer SQNR is shown); encodings a backend constraint ties to another tensor "
-        "follow that tensor."
+        + " (their per-layer SQNR is shown); encodings a backend constraint replaced follow the tensor "
+        "they came from."
     )
     timings["sensitivity"] = time.perf_counter() - clock
 
@@ -248,22 +230,76 @@ def _range(t: TensorEncoding) -> tuple[float | None, float | None]:
     return min(e.min for e in t.encodings), max(e.max for e in t.encodings)
 
 
-def _candidates(
-    layers: list[LayerRow],
+def _layer_rows(
+    model: onnx.ModelProto,
+    acts: list[str],
     encodings: EncodingSet,
-    plan: QuantPlan,
+    stats: Mapping[str, TensorStats],
+    errors: Mapping[str, LayerError],
     producer: Mapping[str, tuple[str, str]],
-    n: int,
-) -> list[Item]:
-    """The activations that matter (worst by either per-layer SQNR) and every layer's weights."""
+) -> tuple[list[LayerRow], dict[str, DisplayHistogram]]:
+    drops = sqnr_drops(model, {a: errors[a].sqnr_db for a in acts})
+    layers, histograms = [], {}
+    for a in acts:
+        t = encodings[a]
+        lo, hi = _range(t)
+        h = display_histogram(stats[a], lo, hi, t.encodings[0].scale if lo is not None else 0.0)
+        if h is not None:
+            histograms[a] = h
+        node, op = producer.get(a, ("(graph input)", "Input"))
+        e = errors[a]
+        layers.append(
+            LayerRow(
+                a,
+                node,
+                op,
+                t.bitwidth,
+                e.sqnr_db,
+                e.encoding_sqnr_db,
+                drops[a],
+                h.clipped_fraction if h else 0.0,
+                t.source,
+            )
+        )
+    return layers, histograms
+
+
+def sqnr_drops(model: onnx.ModelProto, sqnr: Mapping[str, float], cap: float = 100.0) -> dict[str, float]:
+    """SQNR lost where each tensor is computed: the lowest SQNR of the measured tensors feeding it
+    (through unmeasured ones, such as fused pre-activations) minus its own.  Tensors fed by nothing
+    measured lose nothing here by this measure (their own encoding's SQNR tells their cost)."""
+    constants = {t.name for t in model.graph.initializer}
+    feeding: dict[str, set[str]] = {}  # tensor -> the measured tensors it is computed from
+    for node in model.graph.node:  # in topological order, so inputs are done first
+        found: set[str] = set()
+        for i in node.input:
+            if i and i not in constants:
+                found |= {i} if i in sqnr else feeding.get(i, set())
+        for o in node.output:
+            feeding[o] = found
+
+    out = {}
+    for t, s in sqnr.items():
+        inputs = [min(sqnr[i], cap) for i in feeding.get(t, ())]
+        out[t] = (min(inputs) - min(s, cap)) if inputs else 0.0
+    return out
+
+
+def _candidates(layers: list[LayerRow], encodings: EncodingSet, plan: QuantPlan, n: int) -> list[Item]:
+    """The activations that matter (the ``n`` worst by each per-layer measure; every one when ``n`` is
+    0) and every layer's weights."""
     own = [
         r
         for r in layers
         if r.source not in ("constraint", "propagated") and encodings[r.tensor].dtype == "int"
     ]
-    worst = sorted(own, key=lambda r: r.sqnr_db)[:n]
-    worst_own = sorted(own, key=lambda r: r.encoding_sqnr_db)[:n]
-    chosen = {r.tensor for r in [*worst, *worst_own]}
+    if n:
+        worst = sorted(own, key=lambda r: r.sqnr_db)[:n]
+        worst_own = sorted(own, key=lambda r: r.encoding_sqnr_db)[:n]
+        worst_drop = sorted(own, key=lambda r: -r.drop_db)[:n]
+        chosen = {r.tensor for r in [*worst, *worst_own, *worst_drop]}
+    else:
+        chosen = {r.tensor for r in own}
     items = [Item("activation", r.tensor, r.layer, r.op_type) for r in own if r.tensor in chosen]
     bias_of = {u.node: name for name, u in plan.params.items() if u.role == "bias"}
     for name, use in plan.params.items():
@@ -275,6 +311,21 @@ def _candidates(
             params.append(bias)
         items.append(Item("weights", name, use.node or use.op_type, use.op_type, tuple(params)))
     return items
+
+
+def _sensitivity(
+    model: onnx.ModelProto,
+    encodings: EncodingSet,
+    items: list[Item],
+    reference: OutputReference,
+    progress: bool,
+) -> list[SensitivityRow]:
+    """Output SQNR with only each item quantized, most harmful first."""
+    rows = []
+    for item in track(items, "sensitivity", total=len(items), unit="runs", enabled=progress):
+        variant = keep_only(encodings, list(item.params) or [item.tensor])
+        rows.append(SensitivityRow(item, reference.worst_sqnr(to_qdq_model(Container(model, variant)))))
+    return sorted(rows, key=lambda r: r.output_sqnr_db)
 
 
 def _verdict(

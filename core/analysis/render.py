@@ -123,7 +123,7 @@ def print_tables(report: Report, rows: int = TERMINAL_ROWS) -> None:
     )
     print_table(
         f"Worst activations ({len(report.layers)}): SQNR of the quantized simulation against FP32",
-        ["tensor", "op", "bits", "SQNR dB", "own encoding dB", "clipped"],
+        ["tensor", "op", "bits", "SQNR dB", "own encoding dB", "lost here dB", "clipped"],
         [
             (
                 r.tensor,
@@ -131,6 +131,7 @@ def print_tables(report: Report, rows: int = TERMINAL_ROWS) -> None:
                 r.bitwidth,
                 db(r.sqnr_db),
                 db(r.encoding_sqnr_db),
+                db(r.drop_db),
                 f"{100 * r.clipped_fraction:.2f}%",
             )
             for r in report.worst_layers[:rows]

@@ -21,8 +21,9 @@ def _db(v: float) -> float | str:
 
 @dataclass
 class LayerRow:
-    """One activation: its SQNR in the QDQ simulation against FP32 (what the error is by then), and the
-    SQNR of its own encoding on its FP32 values (what this encoding alone costs)."""
+    """One activation: its SQNR in the QDQ simulation against FP32 (what the error is by then), the SQNR
+    of its own encoding on its FP32 values (what this encoding alone costs), and the SQNR lost where it
+    is computed (where error enters or is amplified)."""
 
     tensor: str
     layer: str
@@ -30,12 +31,14 @@ class LayerRow:
     bitwidth: int
     sqnr_db: float
     encoding_sqnr_db: float
+    drop_db: float  # SQNR lost where it is computed (against the tensors feeding it)
     clipped_fraction: float
     source: str
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d["sqnr_db"], d["encoding_sqnr_db"] = _db(self.sqnr_db), _db(self.encoding_sqnr_db)
+        for k in ("sqnr_db", "encoding_sqnr_db", "drop_db"):
+            d[k] = _db(d[k])
         return d
 
 

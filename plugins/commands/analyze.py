@@ -34,7 +34,9 @@ def analyze(
         4, "--sensitivity_samples", help="Samples per sensitivity and verdict run."
     ),
     candidates: int = typer.Option(
-        12, "--candidates", help="Worst activations (by each per-layer SQNR) given a sensitivity run."
+        12,
+        "--candidates",
+        help="Worst activations by each per-layer measure given a sensitivity run (0: every one).",
     ),
     max_keep: int = typer.Option(4, "--max_keep", help="At most this many layers in the verdict."),
     use_native_input_files: bool = typer.Option(
