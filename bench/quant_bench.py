@@ -62,7 +62,9 @@ for m in ("min-max", "sqnr"):
     }
 
 
-def ours(model_name: str, config: dict, calibration: data.Samples) -> tuple[onnx.ModelProto, float]:
+def ours(
+    model_name: str, config: dict, calibration: data.Samples, *, stages: dict | None = None
+) -> tuple[onnx.ModelProto, float]:
     from opendlc.container import Container
     from opendlc.quant.api import quantize
     from opendlc.quant.export import to_qdq_model
@@ -71,7 +73,10 @@ def ours(model_name: str, config: dict, calibration: data.Samples) -> tuple[onnx
     opts = QuantizerOptions(**{k: v for k, v in config.items() if k != "family"})
     t = time.perf_counter()
     q = quantize(Container(data.model(model_name)), calibration, opts, progress=False)
-    return to_qdq_model(q), time.perf_counter() - t
+    secs = time.perf_counter() - t
+    if stages is not None:
+        stages.update(q.encodings.meta.get("seconds", {}))
+    return to_qdq_model(q), secs
 
 
 def ort_quantize(
@@ -205,8 +210,9 @@ def accuracy(models: list[str], n_cal: int, n_held: int, configs: list[str] | No
 def child(tool: str, model_name: str, method: str, n: int) -> None:
     """Run one calibration; print JSON with its wall time."""
     cal = data.Samples(model_name, data.raw_files(model_name, n))
+    stages: dict = {}
     if tool == "ours":
-        _, secs = ours(model_name, {"family": "", "act_quantizer_calibration": method}, cal)
+        _, secs = ours(model_name, {"family": "", "act_quantizer_calibration": method}, cal, stages=stages)
     elif tool == "forward":
         import onnxruntime as ort
 
@@ -217,7 +223,7 @@ def child(tool: str, model_name: str, method: str, n: int) -> None:
         secs = time.perf_counter() - t
     else:
         _, secs, _ = ort_quantize(model_name, cal, method=method)
-    print(json.dumps({"seconds": secs}))
+    print(json.dumps({"seconds": secs, "calibration_seconds": stages.get("calibration")}))
 
 
 def run_child(tool: str, model_name: str, method: str, n: int) -> dict:
@@ -278,7 +284,9 @@ def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int) -> lis
                 "method": m,
                 "samples": n,
                 "seconds": round(r["seconds"], 2),
-                "vs_forward": round(r["seconds"] / fwd[n], 2),
+                "calibration_seconds": round(r["calibration_seconds"], 2),
+                "forward_seconds": round(fwd[n], 2),
+                "vs_forward": round(r["calibration_seconds"] / fwd[n], 2),
             }
             if m in ORT_METHOD:
                 k = n if m == "min-max" else n_ort_hist
@@ -287,6 +295,9 @@ def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int) -> lis
                 row["ort_samples"] = k
                 row["ort_seconds"] = round(o["seconds"], 2) if o["ok"] else None
                 row["vs_ort"] = round(mine["seconds"] / o["seconds"], 3) if o["ok"] else None
+                row["calibration_vs_ort"] = (
+                    round(mine["calibration_seconds"] / o["seconds"], 3) if o["ok"] else None
+                )
                 row["ort_rss_mb"] = o["rss_mb"]
             rows.append(row)
             print(row, flush=True)
@@ -450,11 +461,14 @@ def render_speed(rows: list[dict]) -> str:
                     "model",
                     "method",
                     "samples",
-                    "opendlc s",
-                    "x float forward",
+                    "opendlc whole run s",
+                    "of which calibration s",
+                    "float forward passes s",
+                    "calibration / forward",
                     "ORT samples",
                     "ORT s",
-                    "opendlc / ORT",
+                    "opendlc whole run / ORT",
+                    "calibration / ORT",
                     "ORT peak RSS MB",
                 ],
                 [
@@ -463,10 +477,13 @@ def render_speed(rows: list[dict]) -> str:
                         r["method"],
                         r["samples"],
                         r["seconds"],
+                        r.get("calibration_seconds"),
+                        r.get("forward_seconds"),
                         r["vs_forward"],
                         r.get("ort_samples"),
                         r.get("ort_seconds"),
                         r.get("vs_ort"),
+                        r.get("calibration_vs_ort"),
                         r.get("ort_rss_mb"),
                     ]
                     for r in rows

@@ -9,6 +9,7 @@ calibration.  Each stage is a public function of its own module, so it can be us
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sized
 from typing import Any
 
@@ -80,6 +81,8 @@ def quantize(
     algorithms = [pm.algorithms.get(name) for name in options.apply_algorithms]
     udo = [*options.udo_package_path, *options.op_package_lib]
 
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
     model = with_outputs(container.model, extra_outputs) if extra_outputs else container.model
     model, no_encoding, report = normalize_model(model)
     for line in report:
@@ -91,6 +94,8 @@ def quantize(
             model = alg.apply(model, context)
 
     plan = make_plan(model, float_activation_names(model, udo_packages=udo), no_encoding)
+    timings["prepare"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     overrides = None if options.ignore_quantization_overrides else container.overrides
     encodings = EncodingSet()
     n_samples = 0
@@ -109,13 +114,19 @@ def quantize(
             progress=progress,
         )
         n_samples = counted.count  # type: ignore[attr-defined]
-        for enc in [*activation_encodings(stats, q).values(), *parameter_encodings(plan, q).values()]:
+        for enc in activation_encodings(stats, q).values():
+            encodings.add(enc)
+        timings["calibration"] = time.perf_counter() - clock  # observing + choosing activation ranges
+        clock = time.perf_counter()
+        for enc in parameter_encodings(plan, q).values():
             encodings.add(enc)
         pm.backends.get(options.target_backend).constrain_encodings(model, encodings)
         if overrides is not None:
             _apply_overrides(encodings, overrides, plan)
         bias_encodings(plan, q, encodings)  # last: they follow the final input and weight scales
 
+    timings["encodings"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     after = [a for a in algorithms if a.phase == Phase.AFTER_CALIBRATION]
     if after:
         ctx = CalibrationContext(options, encodings, counted.kept if samples is not None else [])
@@ -124,12 +135,14 @@ def quantize(
             model = alg.apply(model, ctx)
         report += ctx.report
         _refresh_biases(model, plan, q, encodings)
+        timings["after-calibration algorithms"] = time.perf_counter() - clock
 
     encodings.meta = {
         "quantizer": options.to_dict(),
         "samples": n_samples,
         "normalization": report,
         "preserve_io_datatype": options.preserve_io_datatype,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     log.info(
         "%d activation and %d parameter encodings",
