@@ -30,6 +30,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         try:
             yield tmp_path
+            # mkstemp makes the file private (0600); an output gets the usual permissions (umask)
+            umask = os.umask(0)
+            os.umask(umask)
+            if tmp_path.is_file():
+                os.chmod(tmp_path, 0o666 & ~umask)
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_path, target)
