@@ -240,10 +240,12 @@ def run_child(tool: str, model_name: str, method: str, n: int) -> dict:
     rss_mb = usage.ru_maxrss / 1024
     if proc.returncode != 0:
         return {"ok": False, "rss_mb": round(rss_mb), "seconds": None, "exit": proc.returncode}
+    result = json.loads(out.strip().splitlines()[-1])
     return {
         "ok": True,
         "rss_mb": round(rss_mb),
-        "seconds": json.loads(out.strip().splitlines()[-1])["seconds"],
+        "seconds": result["seconds"],
+        "calibration_seconds": result.get("calibration_seconds"),
     }
 
 
