@@ -103,6 +103,48 @@ def build_parser(dialect: str, prog: str | None = None) -> argparse.ArgumentPars
     return p
 
 
+def _bitwidth_options(q: argparse._ArgumentGroup) -> None:
+    """The bitwidth options every quantizer takes (the same in SNPE's and QAIRT's tools)."""
+    q.add_argument(
+        "--weights_bitwidth", type=int, metavar="N", help="Bits of weight encodings: 4, 8 (default) or 16."
+    )
+    q.add_argument(
+        "--act_bitwidth", type=int, metavar="N", help="Bits of activation encodings: 8 (default) or 16."
+    )
+    q.add_argument(
+        "--bias_bitwidth", type=int, metavar="N", help="Bits of bias encodings: 8 (default) or 32."
+    )
+    q.add_argument(
+        "--float_bitwidth",
+        type=int,
+        metavar="N",
+        help="Bits of tensors left in floating point: 32 (default) or 16.",
+    )
+    q.add_argument(
+        "--float_bias_bitwidth",
+        type=int,
+        metavar="N",
+        help="Bits of biases left in floating point: 32 or 16 (default: as the encodings say).",
+    )
+
+
+def _native_input_option(io: argparse._ArgumentGroup) -> None:
+    io.add_argument(
+        "--use_native_input_files",
+        action="store_true",
+        help="Raw input files hold the model's own input types (e.g. uint8), not float32.",
+    )
+
+
+def _native_output_option(io: argparse._ArgumentGroup) -> None:
+    io.add_argument(
+        "--use_native_output_files",
+        action="store_true",
+        help="Record that output files of this model should be written in its native types "
+        "rather than float32 (the quantizer itself writes none).",
+    )
+
+
 def _snpe_options(p: argparse.ArgumentParser, dialect: str) -> None:
     p.add_argument(
         "--version",
@@ -128,20 +170,11 @@ def _snpe_options(p: argparse.ArgumentParser, dialect: str) -> None:
         metavar="FILE",
         help="Where to write the quantized container (default: <input>_quantized.dlc next to the input).",
     )
-    io.add_argument(
-        "--use_native_input_files",
-        action="store_true",
-        help="Raw input files hold the model's own input types (e.g. uint8), not float32.",
-    )
+    _native_input_option(io)
     io.add_argument(
         "--use_native_dtype", action="store_true", help="Old name of --use_native_input_files (deprecated)."
     )
-    io.add_argument(
-        "--use_native_output_files",
-        action="store_true",
-        help="Record that output files of this model should be written in its native types "
-        "rather than float32 (the quantizer itself writes none).",
-    )
+    _native_output_option(io)
     io.add_argument(
         "--udo_package_path",
         action="append",
@@ -173,27 +206,7 @@ def _snpe_options(p: argparse.ArgumentParser, dialect: str) -> None:
             help="Deprecated: --enable_htp, with the HTP graph taking float32 inputs and outputs.",
         )
     q = p.add_argument_group("quantization")
-    q.add_argument(
-        "--weights_bitwidth", type=int, metavar="N", help="Bits of weight encodings: 4, 8 (default) or 16."
-    )
-    q.add_argument(
-        "--act_bitwidth", type=int, metavar="N", help="Bits of activation encodings: 8 (default) or 16."
-    )
-    q.add_argument(
-        "--bias_bitwidth", type=int, metavar="N", help="Bits of bias encodings: 8 (default) or 32."
-    )
-    q.add_argument(
-        "--float_bitwidth",
-        type=int,
-        metavar="N",
-        help="Bits of tensors left in floating point: 32 (default) or 16.",
-    )
-    q.add_argument(
-        "--float_bias_bitwidth",
-        type=int,
-        metavar="N",
-        help="Bits of biases left in floating point: 32 or 16 (default: as the encodings say).",
-    )
+    _bitwidth_options(q)
     q.add_argument(
         "--bitwidth",
         type=int,
@@ -308,17 +321,8 @@ def _qairt_options(p: argparse.ArgumentParser, dialect: str) -> None:
         "name:=file pairs for several inputs; optional first lines '#layers' / '%%tensors' "
         "ask for extra outputs. Relative paths are relative to the list.",
     )
-    io.add_argument(
-        "--use_native_input_files",
-        action="store_true",
-        help="Raw input files hold the model's own input types (e.g. uint8), not float32.",
-    )
-    io.add_argument(
-        "--use_native_output_files",
-        action="store_true",
-        help="Record that output files of this model should be written in its native types "
-        "rather than float32 (the quantizer itself writes none).",
-    )
+    _native_input_option(io)
+    _native_output_option(io)
     io.add_argument(
         "--dump_encoding_json",
         action="store_true",
@@ -352,27 +356,7 @@ def _qairt_options(p: argparse.ArgumentParser, dialect: str) -> None:
         help="YAML file of options, keyed by these option names (the command line wins).",
     )
     q = p.add_argument_group("quantization")
-    q.add_argument(
-        "--weights_bitwidth", type=int, metavar="N", help="Bits of weight encodings: 4, 8 (default) or 16."
-    )
-    q.add_argument(
-        "--act_bitwidth", type=int, metavar="N", help="Bits of activation encodings: 8 (default) or 16."
-    )
-    q.add_argument(
-        "--bias_bitwidth", type=int, metavar="N", help="Bits of bias encodings: 8 (default) or 32."
-    )
-    q.add_argument(
-        "--float_bitwidth",
-        type=int,
-        metavar="N",
-        help="Bits of tensors left in floating point: 32 (default) or 16.",
-    )
-    q.add_argument(
-        "--float_bias_bitwidth",
-        type=int,
-        metavar="N",
-        help="Bits of biases left in floating point: 32 or 16 (default: as the encodings say).",
-    )
+    _bitwidth_options(q)
     q.add_argument(
         "--act_quantizer_calibration",
         metavar="METHOD",
