@@ -23,31 +23,23 @@ from opendlc.quant.constraints import (
     share_input_encoding,
     symmetric_per_channel_weights,
 )
+from opendlc.quant.propagate import DATA_MOVEMENT
 from opendlc.schemas import Encoding
 from opendlc.targets import Backend
 
 log = logging.getLogger("opendlc.backend.htp")
 
-SHARED = frozenset(
-    {
-        "Reshape",
-        "Transpose",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Identity",
-        "MaxPool",
-        "GlobalMaxPool",
-        "Slice",
-        "Gather",
-        "Split",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Pad",
-        "Tile",
-        "Expand",
-    }
-)
+# QNN's data-movement ops that must keep their input's encoding: the math-invariant ops, less those that
+# reduce or resample (ReduceMax/Min, TopK, Resize, Upsample) or gather by index tensors HTP requantizes.
+SHARED = DATA_MOVEMENT - {
+    "GatherElements",
+    "GatherND",
+    "ReduceMax",
+    "ReduceMin",
+    "Resize",
+    "Upsample",
+    "TopK",
+}
 
 
 def _unit_interval(bw: int) -> Encoding | None:
