@@ -268,21 +268,38 @@ def _requantize_data_movement(model: onnx.ModelProto) -> int:
         if enc_in is None or enc_out is None or enc_in == enc_out:
             continue
         # convert the input to the output's encoding first; the op then moves values on that grid
-        src = node.input[0]
-        q_out, dq_out = _unique(model, f"{src}__htp_q"), _unique(model, f"{src}__htp_dq")
-        before_op[node.output[0]] = [
-            helper.make_node("QuantizeLinear", [src, q.input[1], q.input[2]], [q_out], domain=q.domain),
-            helper.make_node("DequantizeLinear", [q_out, q.input[1], q.input[2]], [dq_out], domain=q.domain),
-        ]
-        node.input[0] = dq_out  # the live node: the graph is rebuilt once, below
-    if before_op:
+        _requantize_input(model, node, q, before_op)
+    return _insert_before(model, before_op)
+
+
+def _requantize_input(
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    q: onnx.NodeProto,
+    pending: dict[str, list[onnx.NodeProto]],
+) -> None:
+    """Put ``node``'s first input on ``q``'s grid (a Q/DQ pair with q's encoding) before ``node`` runs.
+
+    ``node`` is edited in place; the pair is queued in ``pending`` for :func:`_insert_before`."""
+    src = node.input[0]
+    q_out, dq_out = _unique(model, f"{src}__htp_q"), _unique(model, f"{src}__htp_dq")
+    pending[node.output[0]] = [
+        helper.make_node("QuantizeLinear", [src, q.input[1], q.input[2]], [q_out], domain=q.domain),
+        helper.make_node("DequantizeLinear", [q_out, q.input[1], q.input[2]], [dq_out], domain=q.domain),
+    ]
+    node.input[0] = dq_out
+
+
+def _insert_before(model: onnx.ModelProto, pending: dict[str, list[onnx.NodeProto]]) -> int:
+    """Rebuild the node list once, with each queued pair just before its node; return how many."""
+    if pending:
         nodes = []
         for n in model.graph.node:
-            nodes += before_op.get(n.output[0], []) if n.output else []
+            nodes += pending.get(n.output[0], []) if n.output else []
             nodes.append(n)
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-    return len(before_op)
+    return len(pending)
 
 
 def _clip_bounds(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> tuple[float, float] | None:
@@ -334,20 +351,8 @@ def _encode_fused_activations(model: onnx.ModelProto) -> int:
         enc = _encoding_of(q, consts) if q.op_type == "QuantizeLinear" else None
         if enc is None or not _activation_exact(act, enc, consts):
             continue
-        q_out, dq_out = _unique(model, f"{src}__htp_q"), _unique(model, f"{src}__htp_dq")
-        before_act[act.output[0]] = [
-            helper.make_node("QuantizeLinear", [src, q.input[1], q.input[2]], [q_out], domain=q.domain),
-            helper.make_node("DequantizeLinear", [q_out, q.input[1], q.input[2]], [dq_out], domain=q.domain),
-        ]
-        act.input[0] = dq_out  # the live node: the graph is rebuilt once, below
-    if before_act:
-        nodes = []
-        for n in model.graph.node:
-            nodes += before_act.get(n.output[0], []) if n.output else []
-            nodes.append(n)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-    return len(before_act)
+        _requantize_input(model, act, q, before_act)
+    return _insert_before(model, before_act)
 
 
 def _int32_biases(model: onnx.ModelProto) -> int:
