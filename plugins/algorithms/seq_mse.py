@@ -1,0 +1,48 @@
+"""``seq_mse``: weight encoding ranges chosen by each layer's output error (public in
+:mod:`opendlc.quant.seq_mse`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import onnx
+
+from opendlc.algorithms import Algorithm, CalibrationContext, Phase
+from opendlc.errors import UsageError
+from opendlc.hookspecs import hookimpl
+from opendlc.quant.seq_mse import seq_mse
+
+log = logging.getLogger("opendlc.plugins.algorithms.seq_mse")
+
+
+class SeqMse(Algorithm):
+    name = "seq_mse"
+    description = (
+        "sequential MSE: each Conv/ConvTranspose/Gemm/MatMul weight's range (per channel) minimises the "
+        "layer's output error on calibration samples, with inputs from the model quantized so far"
+    )
+    phase = Phase.AFTER_CALIBRATION
+
+    def apply(self, model: onnx.ModelProto, context: Any) -> onnx.ModelProto:
+        if not isinstance(context, CalibrationContext) or not context.samples:
+            raise UsageError("seq_mse needs calibration samples (an --input_list)")
+        order = list(getattr(context.options, "apply_algorithms", []))
+        if (
+            self.name in order
+            and "bias_correction" in order
+            and order.index("bias_correction") < order.index(self.name)
+        ):
+            # bias correction measured the rounding error of the weight encodings seq_mse now replaces
+            log.warning(
+                "seq_mse runs after bias_correction here; list seq_mse first so biases are corrected "
+                "for the chosen weight encodings"
+            )
+        result = seq_mse(model, context.encodings, context.samples, context.options)
+        context.report.extend(result.report())
+        return model
+
+
+@hookimpl
+def register_algorithms() -> list[Algorithm]:
+    return [SeqMse()]
