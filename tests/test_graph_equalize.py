@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphtools import const, model, op_types, outputs_over, relative_error
+from graphtools import const, model, op_types, outputs_over, relative_error, run
 from onnx import helper, numpy_helper
 
 from opendlc.graph.equalize import Layout, channel_ranges, equalize
@@ -279,10 +279,148 @@ def test_ppocr_cls_float_outputs_are_kept(ppocr, normalized_first):
     shape = realmodels.input_shape("cls")
     m = set_input_shapes(onnx.load(ppocr("cls")), {"x": list(shape)})
     source = normalize(m).model if normalized_first else m
-    result = equalize(source)
+    chooser = [{"x": x} for x in realmodels.image_crops(shape, 8, seed=6)]  # chooses plain-pair amounts
+    result = equalize(source, samples=chooser)
     # as shipped, the SE blocks' conv biases are Reshape(Constant) nodes: only normalize()'s constant
     # folding makes them parameters, and those convs pairs.  Hard-swish chains are never pairs.
     assert len(result.pairs) == (15 if normalized_first else 6), result.report
     assert "BatchNormalization" not in op_types(result.model)
-    data = [{"x": x} for x in realmodels.image_crops(shape, 4, seed=5)]
+    if normalized_first:  # a plain projection -> expansion pair, and one proven across a Relu
+        assert {a.second for a in result.absorbed} == {"Conv@6", "Conv@8"}, result.absorbed
+    data = [{"x": x} for x in realmodels.image_crops(shape, 4, seed=5)]  # other crops than the chooser
     assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-4
+
+
+# ---- high-bias absorption ------------------------------------------------------------------------
+def absorption_model(
+    activation: str | None, *, bounded: bool = True, consumer_pads: int = 0
+) -> onnx.ModelProto:
+    """[Sigmoid ->] Conv(3->8, 3x3, padded) -> [activation] -> Conv(8->4, 1x1 or padded 3x3).
+
+    Behind a Sigmoid the first conv's input lies in [0, 1]: channels 0-3 get only positive weights and
+    a large positive bias, so their pre-activation provably stays above that bias."""
+    w1 = RNG.standard_normal((8, 3, 3, 3)) * 0.3
+    w1[:4] = np.abs(w1[:4])
+    b1 = np.concatenate([[5.0, 8.0, 3.0, 12.0], RNG.standard_normal(4)])
+    k = 1 + 2 * consumer_pads
+    inits = [const("w1", w1), const("b1", b1), const("w2", RNG.standard_normal((4, 8, k, k)))]
+    inits.append(const("b2", RNG.standard_normal(4)))
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"])] if bounded else []
+    nodes.append(
+        helper.make_node("Conv", ["s" if bounded else "x", "w1", "b1"], ["y1"], pads=[1] * 4, name="conv1")
+    )
+    mid = "y1"
+    if activation:
+        nodes.append(
+            helper.make_node(
+                activation, ["y1"], ["a1"], **({"alpha": 0.1} if activation == "LeakyRelu" else {})
+            )
+        )
+        mid = "a1"
+    nodes.append(helper.make_node("Conv", [mid, "w2", "b2"], ["out"], pads=[consumer_pads] * 4, name="conv2"))
+    return model(nodes, [X], [("out", None)], inits)
+
+
+def biases(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return {n.name: inits[n.input[2]] for n in m.graph.node if n.op_type == "Conv"}
+
+
+def tensor_over(m: onnx.ModelProto, name: str, data: list[dict[str, np.ndarray]]) -> np.ndarray:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return np.stack([run(probe, feeds)[-1] for feeds in data])
+
+
+@pytest.mark.parametrize("activation", ["Relu", "LeakyRelu"])
+def test_proven_high_bias_is_absorbed_across_relu_exactly_and_narrows_the_activation(activation):
+    m = absorption_model(activation)
+    data = samples(4)
+    result = equalize(m)
+    assert [(a.first, a.second) for a in result.absorbed] == [("conv1", "conv2")]
+    amount = result.absorbed[0].amount
+    assert np.all(amount[:4] > 0) and np.all(amount[4:] == 0)  # only the provably positive channels
+    pre = tensor_over(result.model, "y1", data)  # conv1's output after absorption: still >= 0 there
+    assert pre[:, :, :4].min() >= -1e-6
+    assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-5
+    # the activation feeding conv2 (what gets one per-tensor encoding) is narrower, conv1's bias smaller
+    before, after = tensor_over(m, "a1", data), tensor_over(result.model, "a1", data)
+    assert np.ptp(after) < 0.8 * np.ptp(before)
+    assert np.abs(biases(result.model)["conv1"]).max() < 0.8 * np.abs(biases(m)["conv1"]).max()
+
+
+def test_nothing_crosses_relu_without_a_proof_or_into_a_padded_consumer():
+    data = samples(4)
+    for m in (absorption_model("Relu", bounded=False), absorption_model("Relu", consumer_pads=1)):
+        result = equalize(m, samples=data)  # samples never widen what crosses an activation
+        assert result.absorbed == []
+        assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-5
+
+
+def test_plain_pair_is_centred_on_the_samples_exactly():
+    """No activation, 1x1 consumer: any amount is exact; the samples' per-channel middle is moved, so
+    conv1's output shares one narrower per-tensor range.  Without samples (input unbounded) nothing
+    moves."""
+    m = absorption_model(None, bounded=False)
+    assert equalize(m).absorbed == []
+    data = samples(4)
+    result = equalize(m, samples=data)
+    assert [(a.first, a.second) for a in result.absorbed] == [("conv1", "conv2")]
+    check = samples(3)  # other inputs than the ones that chose the amounts: exact for any input
+    assert relative_error(outputs_over(m, check), outputs_over(result.model, check)) < 1e-5
+    before, after = (
+        tensor_over(equalize(m, absorb_biases=False).model, "y1", data),
+        tensor_over(result.model, "y1", data),
+    )
+    assert np.ptp(after) < np.ptp(before)
+    centres = (after.min(axis=(0, 1, 3, 4)) + after.max(axis=(0, 1, 3, 4))) / 2
+    np.testing.assert_allclose(centres, 0, atol=1e-4)
+
+
+@pytest.mark.parametrize("producer", ["Sigmoid", "Relu", "Clip", "HardSwish", "GlobalAveragePool"])
+def test_proven_bounds_hold(producer):
+    """The interval bound of a conv's output must contain every value it takes (else an absorption
+    across a Relu would change the model)."""
+    from opendlc.graph.bias_absorption import conv_output_bounds, tensor_bounds
+    from opendlc.graph.view import GraphView
+
+    inits = [const("w", RNG.standard_normal((6, 3, 3, 3))), const("b", RNG.standard_normal(6))]
+    src = "x"
+    nodes = []
+    if producer == "Clip":
+        inits += [const("lo", np.float32(-1)), const("hi", np.float32(2))]
+        nodes.append(helper.make_node("Clip", ["x", "lo", "hi"], ["p"]))
+    elif producer == "GlobalAveragePool":
+        nodes += [
+            helper.make_node("Sigmoid", ["x"], ["s"]),
+            helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+        ]
+    else:
+        nodes.append(helper.make_node(producer, ["x"], ["p"]))
+    src = "p"
+    nodes.append(helper.make_node("Conv", [src, "w", "b"], ["y"], pads=[1] * 4, name="conv"))
+    m = model(nodes, [X], [("y", None)], inits)
+    view = GraphView(m)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    lo, hi = tensor_bounds(view, "p")
+    expected = {"Sigmoid": (0, 1), "Relu": (0, np.inf), "Clip": (-1, 2), "HardSwish": (-0.375, np.inf)}
+    assert (lo, hi) == expected.get(producer, (0, 1))
+    lower, upper = conv_output_bounds(view, conv, Layout().canonical(view.const("w")), view.const("b"))
+    data = [{"x": (RNG.standard_normal((1, 3, 10, 10)) * 4).astype(np.float32)} for _ in range(8)]
+    y = np.stack([run(m, d)[0] for d in data])
+    assert np.all(y.min(axis=(0, 1, 3, 4)) >= lower - 1e-5)
+    assert np.all(y.max(axis=(0, 1, 3, 4)) <= upper + 1e-5)
+
+
+def test_quantizer_gives_cle_a_few_samples_and_still_calibrates_on_all_of_a_stream():
+    """A one-shot iterator: cle peeks at its first inputs, calibration still sees every one."""
+    from opendlc.container import Container
+    from opendlc.quant.api import quantize
+    from opendlc.quant.options import QuantizerOptions
+
+    m = absorption_model(None, bounded=False)
+    data = samples(10)
+    q = quantize(Container(m), iter(data), QuantizerOptions(apply_algorithms=["cle"]), progress=False)
+    assert q.encodings.meta["samples"] == 10
+    assert any("absorbed high biases across 1 of 1" in line for line in q.encodings.meta["normalization"])

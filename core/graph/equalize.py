@@ -15,21 +15,32 @@ positively homogeneous (``Clip(x / s, 0, 6) != Clip(x, 0, 6) / s``); a tensor re
 node (a residual branch, an SE gate); grouped producers and consumers whose channel groups do not line
 up are handled (depthwise included), any other op between the two convolutions ends the chain.
 
-High-bias absorption is not done: with ReLU it is exact only where the pre-activation is known never
-to fall below the absorbed amount, which data-free statistics (BN's beta - 3 gamma) make likely but
-not certain; with no activation it is exact only when Conv2 pads nothing.  Opendlc does not change the
-float function, so it leaves biases where they are.
+High biases are then absorbed only where that is exact (:mod:`opendlc.graph.bias_absorption`): into a
+next convolution that pads nothing, across no activation, or across a Relu-like one for the amount the
+pre-activation provably never goes below.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
+from opendlc.graph.bias_absorption import (
+    Absorbed,
+    absorption_amount,
+    conv_output_bounds,
+    observed_channel_ranges,
+    pads,
+    second_bias_shift,
+)
 from opendlc.graph.fold import fold_batch_norms_in, fold_output_affine_in, per_channel, tensor_ranks
 from opendlc.graph.view import GraphView
+
+log = logging.getLogger("opendlc.graph.equalize")
 
 # activations f with f(x / s) == f(x) / s for every s > 0 (per channel for PRelu's per-channel slope)
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
@@ -51,12 +62,23 @@ class Equalized:
     pairs: list[Pair] = field(default_factory=list)
     iterations: int = 0
     report: list[str] = field(default_factory=list)
+    absorbed: list[Absorbed] = field(default_factory=list)
 
 
-def equalize(model: onnx.ModelProto, *, max_iterations: int = 100, tolerance: float = 1e-4) -> Equalized:
-    """Fold BatchNormalization (and per-channel affine) into convolutions, then equalize every pair.
+def equalize(
+    model: onnx.ModelProto,
+    *,
+    max_iterations: int = 100,
+    tolerance: float = 1e-4,
+    absorb_biases: bool = True,
+    samples: Iterable[Mapping[str, np.ndarray]] | None = None,
+) -> Equalized:
+    """Fold BatchNormalization (and per-channel affine) into convolutions, equalize every pair, then
+    absorb high biases where that is exact.
 
-    ``model`` is not modified.  Weights held in ``Constant`` nodes are moved to initializers first.
+    ``samples`` (optional, a few model inputs) only choose how much bias moves across pairs with no
+    activation, where any amount is exact; they never widen what crosses an activation.  ``model`` is
+    not modified.  Weights held in ``Constant`` nodes are moved to initializers first.
     """
     from opendlc.graph.normalize import constants_to_initializers
 
@@ -72,9 +94,12 @@ def equalize(model: onnx.ModelProto, *, max_iterations: int = 100, tolerance: fl
         largest = max((abs(np.log(_equalize_pair(view, p))).max(initial=0.0) for p in pairs), default=0.0)
         if largest < tolerance:
             break
-    view.prune()
     report.append(f"equalized {len(pairs)} convolution pairs in {iterations} iterations")
-    return Equalized(out, pairs, iterations, report)
+    absorbed = absorb_high_biases(view, pairs, samples) if absorb_biases else []
+    if absorb_biases:
+        report.append(f"absorbed high biases across {len(absorbed)} of {len(pairs)} pairs (exact moves only)")
+    view.prune()
+    return Equalized(out, pairs, iterations, report, absorbed)
 
 
 def _name_nodes(view: GraphView) -> None:
@@ -181,3 +206,39 @@ def _equalize_pair(view: GraphView, pair: Pair) -> np.ndarray:
     in2 = l2.canonical(w2.astype(np.float64)) * s.reshape(l2.group, 1, -1, 1)
     view.set_param(second, 1, l2.restore(in2, w2.shape).astype(w2.dtype))
     return s
+
+
+def absorb_high_biases(
+    view: GraphView, pairs: list[Pair], samples: Iterable[Mapping[str, np.ndarray]] | None = None
+) -> list[Absorbed]:
+    """Move each pair's exactly movable bias amount (:func:`absorption_amount`) from the first
+    convolution's bias into the second's; returns what moved."""
+    nodes = {n.name: n for n in view.graph.node}
+    movable = [p for p in pairs if nodes[p.second].op_type == "Conv" and not pads(view, nodes[p.second])]
+    free = [p for p in movable if p.activation is None]  # any amount is exact: samples may choose it
+    observed = {}
+    if samples is not None and free:
+        try:
+            observed = observed_channel_ranges(view.model, [nodes[p.first].output[0] for p in free], samples)
+        except Exception as exc:  # e.g. an op onnxruntime lacks: the amounts are a choice, so go without
+            log.warning("cle: the samples could not be run (%s); no bias moves across plain pairs", exc)
+    done = []
+    for pair in movable:
+        first, second = nodes[pair.first], nodes[pair.second]
+        (w1, b1), (w2, b2) = _conv_params(view, first), _conv_params(view, second)
+        l1, l2 = Layout.of(view, first), Layout.of(view, second)
+        channels = l1.channels(w1)[1]
+        if l1.transposed:  # its taps overlap unevenly: no per-channel bound from its input's range
+            proven = (np.full(channels, -np.inf), np.full(channels, np.inf))
+        else:
+            proven = conv_output_bounds(view, first, l1.canonical(w1), b1)
+        amount = absorption_amount(pair.activation, proven, observed.get(first.output[0]))
+        if not np.any(amount):
+            continue
+        shift = second_bias_shift(l2.canonical(w2), amount)
+        old1 = np.zeros(channels) if b1 is None else b1.astype(np.float64)
+        old2 = np.zeros(shift.size) if b2 is None else b2.astype(np.float64)
+        view.set_param(first, 2, (old1 - amount).astype(w1.dtype), f"{first.name}_bias")
+        view.set_param(second, 2, (old2 + shift).astype(w2.dtype), f"{second.name}_bias")
+        done.append(Absorbed(pair.first, pair.second, amount))
+    return done

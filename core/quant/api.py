@@ -8,6 +8,7 @@ calibration.  Each stage is a public function of its own module, so it can be us
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sized
@@ -88,6 +89,10 @@ def quantize(
     for line in report:
         log.log(15, "normalise: %s", line)
     context: dict[str, Any] = {"options": options, "report": report}
+    if samples is not None and any(a.phase == Phase.BEFORE_CALIBRATION for a in algorithms):
+        # a few inputs for data-aware choices on the float graph (cle: how far to move a bias where
+        # any amount is exact); the stream itself stays whole for calibration
+        samples, context["samples"] = _peek(samples, RETAINED_SAMPLES)
     for alg in algorithms:
         if alg.phase == Phase.BEFORE_CALIBRATION:
             log.info("applying %s", alg.name)
@@ -155,6 +160,16 @@ def quantize(
         overrides=container.overrides,
         meta={**container.meta, "quantized_from": str(container.path) if container.path else None},
     )
+
+
+def _peek(
+    samples: Iterable[Mapping[str, np.ndarray]], n: int
+) -> tuple[Iterable[Mapping[str, np.ndarray]], list[Mapping[str, np.ndarray]]]:
+    """The first ``n`` samples, and the samples still whole: a re-iterable set is read again from its
+    start, a one-shot iterator gets what was taken chained back in front."""
+    it = iter(samples)
+    head = list(itertools.islice(it, n))
+    return (samples if it is not samples else itertools.chain(head, it)), head
 
 
 class _Counting:

@@ -19,12 +19,13 @@ class CrossLayerEqualization(Algorithm):
     name = "cle"
     description = (
         "cross-layer equalization: fold BatchNorm, balance per-channel weight ranges of "
-        "Conv -> [Relu|LeakyRelu|PRelu] -> Conv pairs (float function kept)"
+        "Conv -> [Relu|LeakyRelu|PRelu] -> Conv pairs, absorb high biases where exact (float function kept)"
     )
     phase = Phase.BEFORE_CALIBRATION
 
     def apply(self, model: onnx.ModelProto, context: Any) -> onnx.ModelProto:
-        result = equalize(model)
+        samples = context.get("samples") if isinstance(context, dict) else None
+        result = equalize(model, samples=samples)
         for line in result.report:
             log.info("cle: %s", line)
         if isinstance(context, dict) and isinstance(context.get("report"), list):
