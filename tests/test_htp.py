@@ -367,6 +367,25 @@ def test_lowering_keeps_the_arithmetic_and_puts_every_op_in_a_quantized_group(wo
     assert realmodels.sqnr_db(y0, y_htp) > 30
 
 
+@pytest.mark.parametrize("bias_bitwidth", [8, 32])
+def test_a_channel_of_zero_weights_keeps_its_bias_on_htp(bias_bitwidth):
+    # per-channel weight scales make such a channel's scale tiny; HTP adds the bias as int32 at input x
+    # weight scale, so before the quantizer widened that scale HTP output 0 there and the CPU QDQ
+    # simulation (which honoured the bias's own scale) output the bias: 12 steps apart
+    opts = QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=bias_bitwidth)
+    q = quantize(
+        dlc.Container(model=tinymodels.dead_channel_conv()), tinymodels.samples(8), opts, progress=False
+    )
+    x = tinymodels.samples(1, seed=9)[0]
+    y_htp = run_record(prepare_container(q, socs="sm8650", progress=False), "sm8650").run(x)["y"]
+    y_cpu = ort.InferenceSession(to_qdq_model(q).SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, x
+    )[0]
+    step = q.encodings["y"].encodings[0].scale
+    assert np.abs(y_htp - y_cpu).max() <= 1.01 * step
+    assert np.abs(y_htp[0, 0] - 0.5).max() <= step
+
+
 # ---- model edits: shapes, outputs, IO buffers --------------------------------------------------------
 def _dynamic_qdq_model(path: Path) -> None:
     """A fully convolutional model with dynamic H, W, quantized by ONNX Runtime (QDQ, QUInt8)."""

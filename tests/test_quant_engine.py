@@ -17,7 +17,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from realmodels import sqnr_db
-from tinymodels import conv_net, samples
+from tinymodels import conv_net, dead_channel_conv, samples
 
 from opendlc import container as dlc
 from opendlc.encodings import EncodingSet, TensorEncoding
@@ -109,6 +109,26 @@ def test_qdq_export_simulates_the_quantized_model(net):
         assert sqnr_db(np.concatenate(ref), np.concatenate(out)) > (25 if bits == 8 else 40)
     qdq = to_qdq_model(q)
     assert {n.op_type for n in qdq.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+
+
+@pytest.mark.parametrize("bias_bitwidth", [8, 32])
+def test_a_bias_always_fits_int32_at_input_times_weight_scale(bias_bitwidth):
+    # HTP adds a bias as int32 in units of input scale x weight scale (whatever scale the bias has), so
+    # a channel whose weights are about zero would lose its bias there: its weight scale is widened
+    opts = QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=bias_bitwidth)
+    q = quantize(dlc.Container(model=dead_channel_conv()), samples(8), opts, progress=False)
+    unbiased = quantize(dlc.Container(model=dead_channel_conv(0.0)), samples(8), opts, progress=False)
+    s_in = q.encodings["x"].encodings[0].scale
+    w_scales = np.array([e.scale for e in q.encodings["w"].encodings])
+    plain = np.array([e.scale for e in unbiased.encodings["w"].encodings])
+    assert w_scales[0] > 1e6 * plain[0] and np.array_equal(w_scales[1:], plain[1:])  # channel 0 only
+    bias = q.encodings["b"]
+    b0 = bias.encodings[0].quantize_dequantize(np.float32(0.5))  # what HTP receives
+    assert 0.45 < b0 <= w_scales[0] * s_in * (2**31 - 1)  # fits int32 at input x weight scale
+    if bias_bitwidth == 32:
+        assert np.allclose([e.scale for e in bias.encodings], s_in * w_scales, rtol=1e-12)
+    y_cpu = run(to_qdq_model(q), samples(2, seed=9))[0]
+    assert np.allclose(y_cpu[0, 0], b0, atol=0.51 * q.encodings["y"].encodings[0].scale)
 
 
 def test_per_channel_weights_bias32_and_htp_constraints(net):

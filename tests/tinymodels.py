@@ -47,6 +47,26 @@ def conv_net(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     return m
 
 
+def dead_channel_conv(bias0: float = 0.5) -> onnx.ModelProto:
+    """x[1,3,8,8] -> Conv(w, b) -> y[1,4,8,8]; output channel 0's weights are about zero (1e-16) and its
+    bias is ``bias0``, so that channel outputs its bias.  Trained networks have such channels (PP-OCR rec
+    and det do); per-channel weight scales make them tiny."""
+    rng = np.random.default_rng(4)
+    w = (rng.normal(size=(4, 3, 3, 3)) * 0.3).astype(np.float32)
+    w[0] = rng.normal(size=(3, 3, 3)).astype(np.float32) * 1e-16
+    b = np.array([bias0, -0.2, 0.1, 0.3], np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+        "dead_channel_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
 def samples(n: int, seed: int = 1, shape: tuple[int, ...] = (1, 3, 8, 8), name: str = "x") -> list[dict]:
     rng = np.random.default_rng(seed)
     return [{name: rng.normal(size=shape).astype(np.float32)} for _ in range(n)]

@@ -136,7 +136,7 @@ def bias_encoding(
     act: TensorEncoding | None,
     weight: TensorEncoding | None,
 ) -> tuple[TensorEncoding, TensorEncoding | None]:
-    """The bias encoding, and the weight encoding (changed only by ``adjust_bias_encoding``)."""
+    """The bias encoding, and the weight encoding (widened where a bias would not fit int32)."""
     o = q.options
     per_channel = weight is not None and weight.per_channel
     if (
@@ -146,61 +146,85 @@ def bias_encoding(
         and not (o.use_per_channel_quantization and use.op_type in PER_CHANNEL_OPS)
     ):
         per_channel = False  # per-row weights keep a per-tensor bias unless asked
-    derived = (
-        o.bias_bitwidth == 32
-        and act is not None
+    integer_op = (
+        act is not None
         and act.dtype == "int"
         and len(act.encodings) == 1
         and weight is not None
         and weight.dtype == "int"
     )
-    if not derived:
+    if not integer_op or o.bias_bitwidth != 32:
         bw, m, sch = o.bias_bitwidth, q.param_method, q.param_schema
         if per_channel and o.enable_per_row_quantized_bias and use.op_type in PER_ROW_OPS:
             encs = [encode_range(_value_stats(v, m), m, sch, bw, q.calibration) for v in values.reshape(-1)]
-            return TensorEncoding(use.name, "param", encs, axis=0, source="calibration"), weight
-        enc = encode_range(_value_stats(values, m), m, sch, bw, q.calibration)
-        return TensorEncoding(use.name, "param", [enc], source="calibration"), weight
-    bw = o.bias_bitwidth
-    qmax = 2 ** (bw - 1) - 1
+            own = TensorEncoding(use.name, "param", encs, axis=0, source="calibration")
+        else:
+            enc = encode_range(_value_stats(values, m), m, sch, bw, q.calibration)
+            own = TensorEncoding(use.name, "param", [enc], source="calibration")
+        if integer_op:  # HTP still adds this bias as int32 at input x weight scale (see below)
+            assert act is not None and weight is not None
+            weight = _fit_int32_bias(use, _dequantized(values, own), act.encodings[0].scale, weight)
+        return own, weight
+    assert act is not None and weight is not None
+    weight = _fit_int32_bias(use, values, act.encodings[0].scale, weight)
+    qmax = 2 ** (o.bias_bitwidth - 1) - 1
     s_in = act.encodings[0].scale
-    w_encs = list(weight.encodings)
-    flat = values.reshape(-1)
-    if o.adjust_bias_encoding and weight.per_channel and len(w_encs) == flat.size:
-        for c, (b, we) in enumerate(zip(flat, w_encs, strict=True)):
-            needed = abs(float(b)) / (qmax * s_in)
-            if needed > we.scale:  # widen the weight's scale so the bias fits its encoding
-                ratio = needed / we.scale
-                w_encs[c] = Encoding(
-                    we.bitwidth, needed, we.offset, we.min * ratio, we.max * ratio, we.is_symmetric, we.signed
-                )
-        if w_encs != list(weight.encodings):
-            log.info("adjusted %s: widened weight scales of '%s' so its bias fits", use.name, weight.name)
-            weight = TensorEncoding(
-                weight.name, weight.kind, w_encs, weight.axis, weight.dtype, None, weight.source
-            )
+    w_encs = weight.encodings
     scales = [s_in * we.scale for we in w_encs] if per_channel else [s_in * w_encs[0].scale]
     if not per_channel and len(w_encs) > 1:
         # one bias scale for several weight scales: cover the largest
         scales = [s_in * max(we.scale for we in w_encs)]
-    # A bias beyond int32 at (input scale x weight scale) would be clipped: give it the scale it needs.
-    magnitudes = np.abs(flat) if len(scales) == flat.size else np.array([np.abs(flat).max(initial=0.0)])
-    needed = magnitudes.astype(np.float64) / qmax
-    if np.any(needed > np.asarray(scales)):
-        scales = list(np.maximum(np.asarray(scales), needed))
-        log.warning(
-            "bias '%s' does not fit %d bits at input scale x weight scale; it gets a wider scale of its own"
-            "%s",
-            use.name,
-            bw,
-            ""
-            if o.adjust_bias_encoding
-            else " (--adjust_bias_encoding widens the per-channel weight scales instead)",
-        )
-    encs = [Encoding(bw, float(s), 0, -(qmax + 1) * float(s), qmax * float(s), True, True) for s in scales]
+    encs = [Encoding(32, float(s), 0, -(qmax + 1) * float(s), qmax * float(s), True, True) for s in scales]
     return TensorEncoding(
         use.name, "param", encs, axis=0 if len(encs) > 1 else None, source="calibration"
     ), weight
+
+
+def _dequantized(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
+    """``values`` after quantize-dequantize with ``t`` (one encoding, or one per element)."""
+    flat = values.reshape(-1).astype(np.float64)
+    if len(t.encodings) == flat.size and flat.size > 1:
+        return np.array([e.quantize_dequantize(v) for e, v in zip(t.encodings, flat, strict=True)])
+    return np.asarray(t.encodings[0].quantize_dequantize(flat))
+
+
+# Relative headroom so float32 rounding of the stored scales cannot push a bias past int32.
+_INT32_HEADROOM = 1.0 + 1e-5
+
+
+def _fit_int32_bias(use: ParamUse, bias: np.ndarray, s_in: float, weight: TensorEncoding) -> TensorEncoding:
+    """``weight`` with its scale widened wherever ``bias`` would not fit int32 at input x weight scale.
+
+    HTP (and onnxruntime's integer Conv/Gemm kernels) add a bias as int32 in units of
+    input scale x weight scale, whatever scale the bias was given: a bias beyond that range is clipped
+    (a channel whose weights are all about zero gets a tiny weight scale, and loses its bias).  Widening
+    the weight scale of those channels -- as ``--adjust_bias_encoding`` asks and onnxruntime's QDQ
+    quantizer does by default -- keeps the bias; the CPU simulation then computes what HTP does.
+    """
+    qmax = 2**31 - 1
+    magnitudes = np.abs(bias.reshape(-1)).astype(np.float64)
+    encs = list(weight.encodings)
+    if len(encs) == magnitudes.size:
+        needs = magnitudes * _INT32_HEADROOM / (qmax * s_in)
+    else:  # one weight scale (or a bias per tensor): the largest bias must fit every scale
+        needs = np.full(len(encs), magnitudes.max(initial=0.0) * _INT32_HEADROOM / (qmax * s_in))
+    widened = 0
+    for c, (need, we) in enumerate(zip(needs, encs, strict=True)):
+        if need > we.scale:
+            s = float(need)  # same offset: the same integers cover a proportionally wider range
+            lo, hi = s * (we.qmin + we.offset), s * (we.qmax + we.offset)
+            encs[c] = dataclasses.replace(we, scale=s, min=lo, max=hi)
+            widened += 1
+    if not widened:
+        return weight
+    log.info(
+        "%s: widened %d weight scale(s) of '%s' so bias '%s' fits int32 at input x weight scale",
+        use.op_type,
+        widened,
+        weight.name,
+        use.name,
+    )
+    return dataclasses.replace(weight, encodings=encs)
 
 
 def parameter_encodings(plan: QuantPlan, q: Quantizers) -> dict[str, TensorEncoding]:
