@@ -168,15 +168,11 @@ class CandidateGrids:
     ) -> CandidateGrids:
         lo = np.asarray(lo, dtype=np.float64)
         hi = np.asarray(hi, dtype=np.float64)
-        n = lo.size
-        scale, first, last = np.empty(n), np.empty(n), np.empty(n)
-        steps = steps if schema.symmetric else None
-        # The schema is asked for every candidate: whatever rounding it does is what gets scored.
-        for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist(), strict=True)):
-            enc = schema.encode(a, b, bitwidth, steps=steps)
-            scale[i] = enc.scale
-            first[i] = enc.qmin + enc.offset
-            last[i] = enc.qmax + enc.offset
+        # The schema encodes every candidate: whatever rounding it does is what gets scored.
+        r = schema.encode_many(lo, hi, bitwidth, steps=steps if schema.symmetric else None)
+        scale = r.scale.astype(np.float64)
+        first = (r.qmin + r.offset).astype(np.float64)
+        last = (r.qmax + r.offset).astype(np.float64)
         return cls(lo, hi, scale, first, last)
 
     def __len__(self) -> int:

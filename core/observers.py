@@ -10,6 +10,7 @@ of a data set gives exactly the statistics of the whole.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,3 +197,76 @@ class TensorStats:
             s.hist = np.zeros(s.bins, dtype=np.int64)
             s.hist[np.asarray(d["hist"]["index"], dtype=np.int64)] = d["hist"]["count"]
         return s
+
+
+class StatsGroup:
+    """The statistics of many tensors observed together, sample after sample.
+
+    :meth:`observe_summaries` is :meth:`TensorStats.observe_summary` for every tensor at once, with one
+    histogram pass for all of them (one call per tensor costs more than the forward pass on small
+    models).
+    """
+
+    def __init__(self, stats: Sequence[TensorStats]) -> None:
+        self.stats = list(stats)
+        bins = {s.bins for s in self.stats}
+        if len(bins) > 1:
+            raise ValueError("a StatsGroup takes statistics with one bin count")
+        self.bins = bins.pop() if bins else 0
+        self._grids: tuple[bytes, np.ndarray, np.ndarray, list[tuple[int, int]]] | None = None
+
+    def observe_summaries(
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        n: np.ndarray,
+        values: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
+    ) -> None:
+        """Tensor i's exact (finite) bounds ``lo[i]``, ``hi[i]`` and size ``n[i]``; ``values`` holds the
+        tensors' subsamples one after another, ``lengths[i]`` of them for tensor i.  The result is
+        exactly that of calling ``observe_summary`` on each tensor in turn."""
+        # bounds and grids first; only tensors whose range grew can move to another grid
+        current_lo = np.array([s.min for s in self.stats])
+        current_hi = np.array([s.max for s in self.stats])
+        grew = (n > 0) & ((lo < current_lo) | (hi > current_hi))
+        for i in np.nonzero(grew)[0]:
+            self.stats[i].observe_summary(float(lo[i]), float(hi[i]), int(n[i]))
+        for s, k, g in zip(self.stats, n.tolist(), grew.tolist(), strict=True):
+            if not g:
+                s.count += k
+        if values is None or lengths is None or not values.size or not self.bins:
+            return
+        scale, shift = self._element_grids(lengths)
+        # x * 2**-e is exact in float32, so every value falls in the bin observe_summary would put it
+        # in; tensor i's bins are numbered from i * bins, for one bincount over all tensors
+        scaled = values.astype(np.float32, copy=False) * scale
+        idx = np.floor(scaled, out=scaled).astype(np.int64)
+        idx += shift
+        total = len(self.stats) * self.bins
+        counts = np.bincount(idx, minlength=total)  # values lie within their tensor's [lo, hi]: no clip
+        if counts.size != total:
+            raise ValueError("a subsample value lies outside its tensor's observed range")
+        counts = counts.reshape(len(self.stats), self.bins)
+        for i in np.nonzero(lengths)[0]:
+            self.stats[i].hist += counts[i]
+
+    def _element_grids(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per subsample value: its tensor's 2**-width and bin shift.  Kept from sample to sample; only
+        the stretches of tensors whose grid moved are rewritten."""
+        grids = [(s.width_exp, s.first_bin) for s in self.stats]
+        if self._grids is None or self._grids[0] != lengths.tobytes():
+            scale = np.repeat(np.array([2.0**-e for e, _ in grids], dtype=np.float32), lengths)
+            base = np.arange(len(self.stats), dtype=np.int64) * self.bins
+            shift = np.repeat(base - np.array([f for _, f in grids], dtype=np.int64), lengths)
+            self._grids = (lengths.tobytes(), scale, shift, grids)
+            return scale, shift
+        _, scale, shift, known = self._grids
+        ends = np.cumsum(lengths)
+        for i, (grid, old) in enumerate(zip(grids, known, strict=True)):
+            if grid != old:
+                a, b = int(ends[i] - lengths[i]), int(ends[i])
+                scale[a:b] = 2.0 ** -grid[0]
+                shift[a:b] = i * self.bins - grid[1]
+                known[i] = grid
+        return scale, shift

@@ -10,6 +10,8 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
+
 # Scale used when a range is empty (constant-zero tensor): any positive scale represents 0 exactly.
 DEGENERATE_SCALE = 1.0 / 255.0 * 1e-4
 
@@ -41,8 +43,6 @@ class Encoding:
         return -self.offset
 
     def quantize_dequantize(self, x):  # numpy in, numpy out
-        import numpy as np
-
         q = np.clip(
             np.round(np.asarray(x, dtype=np.float64) / self.scale) - self.offset, self.qmin, self.qmax
         )
@@ -66,9 +66,67 @@ class QuantizationSchema(ABC):
         instead of the full range of the bitwidth; only symmetric schemas take it.
         """
 
+    def encode_many(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> EncodedRanges:
+        """What :meth:`encode` gives for each of many ranges (range searches score hundreds of
+        candidates per tensor).  This default asks :meth:`encode` one range at a time; a schema may
+        override it with array arithmetic giving exactly the same numbers."""
+        encs = [
+            self.encode(a, b, bitwidth, steps=steps) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)
+        ]
+        return EncodedRanges(
+            np.array([e.scale for e in encs], dtype=np.float64),
+            np.array([e.offset for e in encs], dtype=np.int64),
+            np.array([e.qmin for e in encs], dtype=np.int64),
+            np.array([e.qmax for e in encs], dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class EncodedRanges:
+    """Scale, offset and integer limits of many encodings (one entry per range)."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+    qmin: np.ndarray
+    qmax: np.ndarray
+
 
 def sanitize_range(lo: float, hi: float) -> tuple[float, float]:
     """Make a range finite and containing zero, so zero stays exactly representable."""
     lo = 0.0 if not math.isfinite(lo) else lo
     hi = 0.0 if not math.isfinite(hi) else hi
     return min(lo, 0.0), max(hi, 0.0)
+
+
+def sanitize_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sanitize_range` of many ranges."""
+    lo = np.minimum(np.where(np.isfinite(lo), lo, 0.0), 0.0)
+    hi = np.maximum(np.where(np.isfinite(hi), hi, 0.0), 0.0)
+    return lo, hi
+
+
+def symmetric_encoding(lo: float, hi: float, bitwidth: int, steps: tuple[int, int] | None) -> Encoding:
+    """The signed symmetric encoding of [lo, hi]: offset 0, range [-absmax, absmax]; with ``steps``
+    (qmin, qmax) the scale spreads 2 * absmax over that many steps."""
+    r = symmetric_encodings(np.array([lo]), np.array([hi]), bitwidth, steps)
+    scale = float(r.scale[0])
+    return Encoding(bitwidth, scale, 0, int(r.qmin[0]) * scale, int(r.qmax[0]) * scale, True, True)
+
+
+def symmetric_encodings(
+    lo: np.ndarray, hi: np.ndarray, bitwidth: int, steps: tuple[int, int] | None
+) -> EncodedRanges:
+    """:func:`symmetric_encoding` of many ranges."""
+    lo, hi = sanitize_ranges(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+    absmax = np.maximum(-lo, hi)
+    if steps is None:
+        qmin, qmax = -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
+        scale = absmax / qmax  # keeps -absmax representable too (q = -qmax)
+    else:
+        qmin, qmax = steps
+        scale = 2 * absmax / (qmax - qmin)  # "scale = (max - min) / number of quantization steps"
+    scale = np.where(scale > 0, scale, DEGENERATE_SCALE)
+    n = scale.size
+    return EncodedRanges(scale, np.zeros(n, dtype=np.int64), np.full(n, qmin), np.full(n, qmax))

@@ -7,8 +7,14 @@ can be calibrated in shards and the results combined.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -16,7 +22,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from opendlc.errors import OpendlcError, UsageError
-from opendlc.observers import BINS, TensorStats
+from opendlc.observers import BINS, StatsGroup, TensorStats
 from opendlc.progress import track
 
 log = logging.getLogger("opendlc.quant.calibrate")
@@ -70,59 +76,142 @@ def float_activation_names(model: onnx.ModelProto, *, udo_packages: Sequence[str
 # and sample; min and max always come from every value.  Copying every activation out of onnxruntime
 # costs ten times the forward pass on a detector; reductions inside the graph cost little.
 HISTOGRAM_SAMPLE = 16384
+_PREFIX = "__opendlc_stat_"
+_END = np.iinfo(np.int64).max
+
+
+@dataclass
+class StatisticsOutputs:
+    """Where the statistics model puts each tensor's summary.
+
+    ``mins``/``maxs`` (and ``samples``, the subsamples one after another) are single outputs covering
+    every tensor in order: few outputs keep onnxruntime's per-output cost down.  A tensor's element
+    count and subsample length are known numbers when its shape is static, else outputs of their own.
+    """
+
+    tensors: list[str]
+    mins: str
+    maxs: str
+    samples: str | None
+    sizes: list[int | str]
+    lengths: list[int | str]
+
+    def fetches(self) -> list[str]:
+        dynamic = [x for x in (*self.sizes, *self.lengths) if isinstance(x, str)]
+        return [self.mins, self.maxs, *([self.samples] if self.samples else []), *dynamic]
+
+
+def subsample_step(size: int, budget: int | None = None) -> int:
+    """The stride of a tensor's subsample: at most about ``budget`` of its ``size`` values.  Mostly
+    odd, so strides rarely alias with power-of-two layouts; running through the flattened tensor, every
+    channel contributes whatever the layout."""
+    return size // (budget or HISTOGRAM_SAMPLE) + 1
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shapes onnx can infer (unknown dimensions as None); empty when inference is not possible."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # e.g. models over protobuf's 2 GB limit: every tensor then takes the generic path
+        return {}
+    shapes = {}
+    g = inferred.graph
+    for vi in (*g.input, *g.value_info, *g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
 
 
 def statistics_model(
     model: onnx.ModelProto, tensors: Sequence[str], *, histograms: bool
-) -> tuple[onnx.ModelProto, dict[str, tuple[str, str, str, str | None]]]:
-    """``model`` plus, per tensor, outputs for its min, max, element count and (with ``histograms``) a
-    strided subsample.  Returns the model and tensor -> (min, max, size, sample) output names."""
+) -> tuple[onnx.ModelProto, StatisticsOutputs]:
+    """``model`` plus outputs for every tensor's min, max, element count and (with ``histograms``) a
+    strided subsample of its values."""
+    shapes = _static_shapes(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    budget = f"{_PREFIX}budget"
-    g.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(HISTOGRAM_SAMPLE, dtype=np.int64), budget),
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_PREFIX}flat"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), f"{_PREFIX}one1d"),
-            numpy_helper.from_array(np.array(1, dtype=np.int64), f"{_PREFIX}one"),
-            numpy_helper.from_array(np.array([0], dtype=np.int64), f"{_PREFIX}zero1d"),
-            numpy_helper.from_array(np.array([np.iinfo(np.int64).max], dtype=np.int64), f"{_PREFIX}end"),
-        ]
-    )
-    names: dict[str, tuple[str, str, str, str | None]] = {}
+
+    def const(name: str, value: np.ndarray) -> str:
+        g.initializer.append(numpy_helper.from_array(value, f"{_PREFIX}{name}"))
+        return f"{_PREFIX}{name}"
+
+    one1d, flat = const("one1d", np.array([1], dtype=np.int64)), const("flat", np.array([-1], dtype=np.int64))
+    nodes: list[onnx.NodeProto] = []
+    mins, maxs, samples, sizes, lengths = [], [], [], [], []
     for i, t in enumerate(tensors):
         p = f"{_PREFIX}{i}_"
-        flat = f"{p}flat"
-        nodes = [
-            helper.make_node("ReduceMin", [t], [f"{p}min"], keepdims=0),
-            helper.make_node("ReduceMax", [t], [f"{p}max"], keepdims=0),
-            helper.make_node("Size", [t], [f"{p}size"]),
-        ]
-        sample = None
-        if histograms:
-            # step = size // budget + 1: mostly odd, so strides rarely alias with power-of-two layouts
-            sample = f"{p}sample"
+        # Reshape aliases its input in onnxruntime: flattening copies nothing, and reductions of the
+        # flat view come out as [1], ready to concatenate
+        nodes.append(helper.make_node("Reshape", [t, flat], [f"{p}flat"]))
+        for op, acc in (("ReduceMin", mins), ("ReduceMax", maxs)):
+            nodes.append(helper.make_node(op, [f"{p}flat"], [f"{p}{op}"], keepdims=1))
+            acc.append(f"{p}{op}")
+        shape = shapes.get(t)
+        static = shape is not None and all(shape)
+        if static:
+            sizes.append(math.prod(shape))
+        else:
+            nodes.append(helper.make_node("Size", [t], [f"{p}size"]))
+            sizes.append(f"{p}size")
+        if not histograms:
+            continue
+        sample = f"{p}sample"
+        if static:
+            step = const(f"{i}_step", np.array([subsample_step(sizes[-1])], dtype=np.int64))
+        else:  # the stride follows the size of each sample
+            step = f"{p}step"
             nodes += [
-                helper.make_node("Reshape", [t, f"{_PREFIX}flat"], [flat]),
-                helper.make_node("Div", [f"{p}size", budget], [f"{p}q"]),
-                helper.make_node("Add", [f"{p}q", f"{_PREFIX}one"], [f"{p}step0"]),
-                helper.make_node("Reshape", [f"{p}step0", f"{_PREFIX}one1d"], [f"{p}step"]),
                 helper.make_node(
-                    "Slice",
-                    [flat, f"{_PREFIX}zero1d", f"{_PREFIX}end", f"{_PREFIX}zero1d", f"{p}step"],
-                    [sample],
+                    "Div", [f"{p}size", const(f"{i}_budget", np.array(HISTOGRAM_SAMPLE))], [f"{p}q"]
                 ),
+                helper.make_node("Add", [f"{p}q", const(f"{i}_one", np.array(1))], [f"{p}step0"]),
+                helper.make_node("Reshape", [f"{p}step0", one1d], [step]),
             ]
-        g.node.extend(nodes)
-        outs = [f"{p}min", f"{p}max", f"{p}size"] + ([sample] if sample else [])
-        g.output.extend(onnx.ValueInfoProto(name=o) for o in outs)
-        names[t] = (f"{p}min", f"{p}max", f"{p}size", sample)
+        nodes.append(
+            helper.make_node(
+                "Slice",
+                [
+                    f"{p}flat",
+                    const(f"{i}_zero", np.array([0])),
+                    const(f"{i}_end", np.array([_END])),
+                    const(f"{i}_axis", np.array([0])),
+                    step,
+                ],
+                [sample],
+            )
+        )
+        samples.append(sample)
+        if static:
+            lengths.append(-(-sizes[-1] // subsample_step(sizes[-1])))
+        else:
+            nodes.append(helper.make_node("Size", [sample], [f"{p}length"]))
+            lengths.append(f"{p}length")
+    names = StatisticsOutputs(list(tensors), f"{_PREFIX}mins", f"{_PREFIX}maxs", None, sizes, lengths)
+    nodes += [
+        helper.make_node("Concat", mins, [names.mins], axis=0),
+        helper.make_node("Concat", maxs, [names.maxs], axis=0),
+    ]
+    if histograms and samples:
+        names.samples = f"{_PREFIX}samples"
+        nodes.append(helper.make_node("Concat", samples, [names.samples], axis=0))
+    g.node.extend(nodes)
+    g.output.extend(onnx.ValueInfoProto(name=o) for o in names.fetches())
     return out, names
 
 
-_PREFIX = "__opendlc_stat_"
+def calibration_workers() -> int:
+    """How many samples calibration runs at once: one single-threaded session per core (at most 4).
+
+    Observing every tensor splits the float model into many small kernels that one session cannot
+    spread over several cores; whole samples can be, and mergeable statistics make that exact.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
 
 
 def collect_statistics(
@@ -134,47 +223,102 @@ def collect_statistics(
     total: int | None = None,
     udo_packages: Sequence[str] = (),
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, TensorStats]:
-    """Statistics of ``tensors`` (graph inputs and node outputs) over ``samples``, one sample at a time."""
+    """Statistics of ``tensors`` (graph inputs and node outputs) over ``samples``.
+
+    Each of ``workers`` threads (default :func:`calibration_workers`; one with user-defined ops) runs
+    its own session on one sample at a time and keeps its own statistics; merging them at the end gives
+    exactly the statistics of a single pass, whatever sample went to which worker.
+    """
     stats_model, names = statistics_model(model, tensors, histograms=histograms)
-    sess = cpu_session(stats_model, udo_packages=udo_packages)
-    input_names = [i.name for i in sess.get_inputs()]
-    fetch = [n for t in tensors for n in names[t] if n]
-    stats = {t: TensorStats(bins=BINS if histograms else 0) for t in tensors}
-    full_session = None  # fetches whole tensors, only for samples with NaN/Inf values
-    count = 0
-    for sample in track(samples, "calibrating", total=total, enabled=progress):
-        missing = [n for n in input_names if n not in sample]
-        if missing:
-            raise UsageError(f"calibration sample {count} lacks input(s) {', '.join(missing)}")
-        feeds = {n: sample[n] for n in input_names}
-        values = dict(zip(fetch, _run(sess, fetch, feeds, count), strict=True))
-        nonfinite = []
-        for t in tensors:
-            lo_n, hi_n, size_n, sample_n = names[t]
-            lo, hi = float(values[lo_n]), float(values[hi_n])
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                nonfinite.append(t)
-                continue
-            stats[t].observe_summary(lo, hi, int(values[size_n]), values[sample_n] if sample_n else None)
-        if nonfinite:
-            full_session = full_session or cpu_session(
-                with_outputs(model, tensors), udo_packages=udo_packages
-            )
-            wanted = [t for t in nonfinite if t not in input_names]
-            for t, v in zip(wanted, _run(full_session, wanted, feeds, count), strict=True):
-                stats[t].observe(v)
-            for t in nonfinite:
-                if t in input_names:
-                    stats[t].observe(feeds[t])
-        count += 1
-    if count == 0:
+    count = workers or (1 if udo_packages else calibration_workers())
+    source = iter(enumerate(track(samples, "calibrating", total=total, enabled=progress)))
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def next_sample() -> tuple[int, Mapping[str, np.ndarray]] | None:
+        with lock:
+            return None if stop.is_set() else next(source, None)
+
+    def work() -> tuple[dict[str, TensorStats], int]:
+        try:
+            return _Worker(stats_model, model, names, histograms, udo_packages, count).run(next_sample)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        results = [f.result() for f in [pool.submit(work) for _ in range(count)]]
+    seen = sum(n for _, n in results)
+    if seen == 0:
         raise UsageError("no calibration samples: the input list is empty")
-    log.info("calibrated %d tensors on %d samples", len(tensors), count)
+    stats = {t: functools.reduce(TensorStats.merge, [r[t] for r, _ in results]) for t in tensors}
+    log.info("calibrated %d tensors on %d samples (%d at a time)", len(tensors), seen, count)
     for name, s in stats.items():
         if s.nonfinite:
             log.warning("tensor '%s': %d NaN/Inf values were ignored during calibration", name, s.nonfinite)
     return stats
+
+
+class _Worker:
+    """One session and the statistics of the samples it ran."""
+
+    def __init__(
+        self,
+        stats_model: onnx.ModelProto,
+        model: onnx.ModelProto,
+        names: StatisticsOutputs,
+        histograms: bool,
+        udo_packages: Sequence[str],
+        workers: int,
+    ) -> None:
+        self.sess = cpu_session(stats_model, udo_packages=udo_packages, threads=1 if workers > 1 else 0)
+        self.model, self.names, self.udo = model, names, udo_packages
+        self.input_names = [i.name for i in self.sess.get_inputs()]
+        self.stats = {t: TensorStats(bins=BINS if histograms else 0) for t in names.tensors}
+        self.group = StatsGroup([self.stats[t] for t in names.tensors])
+        self.full_session: ort.InferenceSession | None = None  # whole tensors, for NaN/Inf samples
+
+    def run(self, next_sample: Callable[[], tuple[int, Mapping[str, np.ndarray]] | None]):
+        count = 0
+        while (item := next_sample()) is not None:
+            self.observe(*item)
+            count += 1
+        return self.stats, count
+
+    def observe(self, index: int, sample: Mapping[str, np.ndarray]) -> None:
+        names = self.names
+        missing = [n for n in self.input_names if n not in sample]
+        if missing:
+            raise UsageError(f"calibration sample {index} lacks input(s) {', '.join(missing)}")
+        feeds = {n: sample[n] for n in self.input_names}
+        fetch = names.fetches()
+        values = dict(zip(fetch, _run(self.sess, fetch, feeds, index), strict=True))
+        lo, hi = values[names.mins].astype(np.float64), values[names.maxs].astype(np.float64)
+        sizes = np.array([int(values[x]) if isinstance(x, str) else x for x in names.sizes], dtype=np.int64)
+        finite = np.isfinite(lo) & np.isfinite(hi)
+        subsample, lengths = None, None
+        if names.samples:
+            subsample = values[names.samples]
+            lengths = np.array([int(values[x]) if isinstance(x, str) else x for x in names.lengths])
+        if not finite.all():  # such tensors are observed in full below
+            lo, hi, sizes = np.where(finite, lo, 0.0), np.where(finite, hi, 0.0), np.where(finite, sizes, 0)
+            if lengths is not None:
+                subsample = subsample[np.repeat(finite, lengths)]
+                lengths = np.where(finite, lengths, 0)
+        self.group.observe_summaries(lo, hi, sizes, subsample, lengths)
+        nonfinite = [names.tensors[i] for i in np.nonzero(~finite)[0]]
+        if nonfinite:
+            self.full_session = self.full_session or cpu_session(
+                with_outputs(self.model, names.tensors), udo_packages=self.udo
+            )
+            wanted = [t for t in nonfinite if t not in self.input_names]
+            for t, v in zip(wanted, _run(self.full_session, wanted, feeds, index), strict=True):
+                self.stats[t].observe(v)
+            for t in nonfinite:
+                if t in self.input_names:
+                    self.stats[t].observe(feeds[t])
 
 
 def _run(sess: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray], index: int) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from opendlc.hookspecs import hookimpl
-from opendlc.schemas import DEGENERATE_SCALE, Encoding, QuantizationSchema, sanitize_range
+from opendlc.schemas import DEGENERATE_SCALE, EncodedRanges, Encoding, QuantizationSchema, sanitize_ranges
 
 
 class Asymmetric(QuantizationSchema):
@@ -16,12 +16,22 @@ class Asymmetric(QuantizationSchema):
     def encode(
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
-        lo, hi = sanitize_range(lo, hi)
+        r = self.encode_many(np.array([lo]), np.array([hi]), bitwidth)
+        scale, offset, qmax = float(r.scale[0]), int(r.offset[0]), int(r.qmax[0])
+        return Encoding(bitwidth, scale, offset, offset * scale, (offset + qmax) * scale, False, False)
+
+    def encode_many(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> EncodedRanges:
+        lo, hi = sanitize_ranges(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
         qmax = 2**bitwidth - 1
         # float32 arithmetic, as the runtimes (and onnxruntime's quantizer) compute it
-        scale = float(np.float32(hi - lo) / np.float32(qmax)) if hi > lo else DEGENERATE_SCALE
-        offset = int(np.clip(-np.round(-lo / scale), -qmax, 0))
-        return Encoding(bitwidth, scale, offset, offset * scale, (offset + qmax) * scale, False, False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = ((hi - lo).astype(np.float32) / np.float32(qmax)).astype(np.float64)
+        scale = np.where(hi > lo, scale, DEGENERATE_SCALE)
+        offset = np.clip(-np.round(-lo / scale), -qmax, 0).astype(np.int64)
+        n = scale.size
+        return EncodedRanges(scale, offset, np.zeros(n, dtype=np.int64), np.full(n, qmax))
 
 
 @hookimpl

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from opendlc.hookspecs import hookimpl
-from opendlc.schemas import DEGENERATE_SCALE, Encoding, QuantizationSchema, sanitize_range
-
-
-def symmetric_encoding(lo: float, hi: float, bitwidth: int, steps: tuple[int, int] | None) -> Encoding:
-    lo, hi = sanitize_range(lo, hi)
-    absmax = max(-lo, hi)
-    if steps is None:
-        qmin, qmax = -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
-        scale = absmax / qmax  # keeps -absmax representable too (q = -qmax)
-    else:
-        qmin, qmax = steps
-        scale = 2 * absmax / (qmax - qmin)  # "scale = (max - min) / number of quantization steps"
-    scale = scale if scale > 0 else DEGENERATE_SCALE
-    return Encoding(bitwidth, scale, 0, qmin * scale, qmax * scale, True, True)
+from opendlc.schemas import (
+    EncodedRanges,
+    Encoding,
+    QuantizationSchema,
+    symmetric_encoding,
+    symmetric_encodings,
+)
 
 
 class Symmetric(QuantizationSchema):
@@ -28,6 +23,11 @@ class Symmetric(QuantizationSchema):
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
         return symmetric_encoding(lo, hi, bitwidth, steps)
+
+    def encode_many(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> EncodedRanges:
+        return symmetric_encodings(lo, hi, bitwidth, steps)
 
 
 @hookimpl

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from opendlc.hookspecs import hookimpl
-from opendlc.plugins.schemas.symmetric import symmetric_encoding
-from opendlc.schemas import DEGENERATE_SCALE, Encoding, QuantizationSchema, sanitize_range
+from opendlc.schemas import (
+    DEGENERATE_SCALE,
+    EncodedRanges,
+    Encoding,
+    QuantizationSchema,
+    sanitize_ranges,
+    symmetric_encodings,
+)
 
 
 class UnsignedSymmetric(QuantizationSchema):
@@ -15,12 +23,24 @@ class UnsignedSymmetric(QuantizationSchema):
     def encode(
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
-        lo, hi = sanitize_range(lo, hi)
-        if lo < 0:
-            return symmetric_encoding(lo, hi, bitwidth, steps)
+        r = self.encode_many(np.array([lo]), np.array([hi]), bitwidth, steps=steps)
+        scale, qmin, qmax = float(r.scale[0]), int(r.qmin[0]), int(r.qmax[0])
+        return Encoding(bitwidth, scale, 0, qmin * scale, qmax * scale, True, qmin < 0)
+
+    def encode_many(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> EncodedRanges:
+        lo, hi = sanitize_ranges(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+        signed = symmetric_encodings(lo, hi, bitwidth, steps)
         qmax = 2**bitwidth - 1
-        scale = hi / qmax if hi > 0 else DEGENERATE_SCALE
-        return Encoding(bitwidth, scale, 0, 0.0, qmax * scale, True, False)
+        unsigned = np.where(hi > 0, hi / qmax, DEGENERATE_SCALE)
+        negative = lo < 0
+        return EncodedRanges(
+            np.where(negative, signed.scale, unsigned),
+            signed.offset,
+            np.where(negative, signed.qmin, 0),
+            np.where(negative, signed.qmax, qmax),
+        )
 
 
 @hookimpl

@@ -1,0 +1,129 @@
+"""How calibration collects statistics: in-graph summaries, one histogram pass for all tensors, several
+samples at once, and schemas that encode many candidate ranges at once -- all exactly equal to the
+one-at-a-time definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from tinymodels import conv_net, samples
+
+from opendlc.observers import BINS, StatsGroup, TensorStats
+from opendlc.plugin_manager import get_plugin_manager
+from opendlc.quant.calibrate import collect_statistics, statistics_model, subsample_step
+
+
+def _same(a: TensorStats, b: TensorStats) -> bool:
+    return a.to_dict() == b.to_dict()
+
+
+def test_a_group_observes_exactly_what_each_tensor_would() -> None:
+    rng = np.random.default_rng(5)
+    # ranges that grow, shrink, sit far from zero, are constant, or are empty in some samples
+    shapes = [(0.1, 0.0), (3.0, 1.0), (0.01, -40.0), (0.0, 2.0), (5.0, 0.0)]
+    group_stats = [TensorStats() for _ in shapes]
+    alone = [TensorStats() for _ in shapes]
+    group = StatsGroup(group_stats)
+    for k in range(12):
+        values, lo, hi, n, lengths = [], [], [], [], []
+        for i, (spread, centre) in enumerate(shapes):
+            size = 0 if (i == 4 and k % 3 == 0) else int(rng.integers(1, 300))
+            x = (rng.normal(size=size) * spread * (1 + k) + centre).astype(np.float32)
+            sub = x[:: 1 + k % 3]
+            values.append(sub)
+            lo.append(float(x.min()) if size else 0.0)
+            hi.append(float(x.max()) if size else 0.0)
+            n.append(size)
+            lengths.append(sub.size)
+            alone[i].observe_summary(lo[-1], hi[-1], size, sub)
+        group.observe_summaries(
+            np.array(lo), np.array(hi), np.array(n), np.concatenate(values), np.array(lengths)
+        )
+    for g, a in zip(group_stats, alone, strict=True):
+        assert _same(g, a)
+    assert group_stats[0].hist.sum() > 0 and group_stats[3].min == group_stats[3].max == 2.0
+
+
+def test_a_group_takes_one_bin_count() -> None:
+    with pytest.raises(ValueError):
+        StatsGroup([TensorStats(), TensorStats(bins=16)])
+
+
+@pytest.mark.parametrize("schema", ["asymmetric", "symmetric", "unsignedsymmetric"])
+@pytest.mark.parametrize("bitwidth,steps", [(8, None), (16, None), (4, None), (8, (-127, 127))])
+def test_schemas_encode_many_ranges_exactly_as_one_at_a_time(schema, bitwidth, steps) -> None:
+    s = get_plugin_manager().schemas.get(schema)
+    rng = np.random.default_rng(2)
+    lo = np.concatenate(
+        [-np.abs(rng.normal(size=200)) * 10 ** rng.uniform(-6, 3, 200), [0, 0, -np.inf, np.nan]]
+    )
+    hi = np.concatenate([np.abs(rng.normal(size=200)) * 10 ** rng.uniform(-6, 3, 200), [0, 1e-30, 3, np.inf]])
+    lo[:50] = np.abs(lo[:50])  # non-negative ranges too (unsignedsymmetric's other branch)
+    steps = steps if s.symmetric else None
+    many = s.encode_many(lo, hi, bitwidth, steps=steps)
+    for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+        one = s.encode(float(a), float(b), bitwidth, steps=steps)
+        assert many.scale[i] == one.scale and many.offset[i] == one.offset, (a, b)
+        # the grid's ends (with restricted steps, the steps' ends rather than the storage type's)
+        assert (many.qmin[i] + many.offset[i]) * many.scale[i] == one.min
+        assert (many.qmax[i] + many.offset[i]) * many.scale[i] == one.max
+
+
+def test_subsample_strides_keep_at_most_about_the_budget() -> None:
+    for size in [1, 7, 4096, 4097, 48 * 320 * 64, 256 * 120 * 120]:
+        step = subsample_step(size, 4096)
+        kept = -(-size // step)
+        assert kept <= 4096 + 1 and (kept == size or kept >= 4096 / 2)
+
+
+def test_workers_merge_into_exactly_the_single_pass_statistics() -> None:
+    model = conv_net()
+    data = samples(12)
+    tensors = ["x", "c1", "r1", "c2", "a", "m"]
+    one = collect_statistics(model, data, tensors, progress=False, workers=1)
+    three = collect_statistics(model, data, tensors, progress=False, workers=3)
+    for t in tensors:
+        assert _same(one[t], three[t]), t
+        assert one[t].hist.size == BINS and one[t].count == 12 * (3 if t == "x" else 4) * 64
+
+
+def test_min_max_are_exact_and_histograms_see_every_tensor() -> None:
+    model = conv_net()
+    data = samples(5)
+    stats = collect_statistics(model, data, ["x", "a"], progress=False, workers=2)
+    xs = np.stack([d["x"] for d in data])
+    assert stats["x"].min == float(xs.min()) and stats["x"].max == float(xs.max())
+    assert stats["x"].hist.sum() == xs.size  # small tensors: the subsample is the whole tensor
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    return m
+
+
+def test_dynamic_and_unknown_shapes_take_the_generic_path() -> None:
+    model = conv_net()
+    data = samples(4)
+    static = collect_statistics(model, data, ["x", "c1", "m"], progress=False, workers=1)
+    dynamic = collect_statistics(_dynamic_batch(model), data, ["x", "c1", "m"], progress=False, workers=1)
+    for t in ("x", "c1", "m"):
+        assert _same(static[t], dynamic[t]), t
+    # a tensor whose rank nothing knows (an op without shape inference): flattened in the graph
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    stats_model, names = statistics_model(m, ["x", "r"], histograms=True)
+    assert all(isinstance(x, str) for x in names.sizes + names.lengths)
+    x = np.linspace(-3, 5, 50000, dtype=np.float32).reshape(2, 25000)
+    s = collect_statistics(m, [{"x": x}], ["x", "r"], progress=False)
+    assert (s["r"].min, s["r"].max, s["r"].count) == (0.0, 5.0, 50000)
+    assert 0 < s["r"].hist.sum() <= 16384 + 1
