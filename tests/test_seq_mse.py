@@ -279,3 +279,15 @@ def test_qairt_quantizer_seq_mse_without_input_list_is_a_one_line_error(case, tm
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("qairt-quantizer: error: ") and "input_list" in err[0]
     assert not (tmp_path / "q.dlc").exists()
+
+
+def test_centered_gram_measures_the_error_left_after_removing_its_mean():
+    """With bias correction after it, seq_mse scores the output error around its mean."""
+    rng = np.random.default_rng(3)
+    w, d = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=(4, 3, 3, 3)) * 0.1
+    x = (rng.normal(size=(1, 3, 9, 9)) + 2.0).astype(np.float32)
+    layer = S.Layer(_one_node("Conv", w, {}, [1, 3, 9, 9]).graph.node[0], "x", "w")
+    gram = S.input_gram(layer, [x], w.shape, rng, 10**9, centered=True)
+    y = _output("Conv", w + d, {}, x) - _output("Conv", w, {}, x)
+    spread = ((y - y.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum(axis=(0, 2, 3))
+    assert np.allclose(S.output_errors(S.weight_rows(layer, d, 1), gram), spread, rtol=1e-3)

@@ -451,14 +451,23 @@ def input_gram(
     w_shape: Sequence[int],
     rng: np.random.Generator,
     max_positions: int = DEFAULT_MAX_POSITIONS,
+    *,
+    centered: bool = False,
 ) -> np.ndarray:
-    """H = sum of x x^T over the layer's input rows on every sample: [groups, K, K] (float64)."""
-    gram = None
+    """H = sum of x x^T over the layer's input rows on every sample: [groups, K, K] (float64).
+
+    ``centered``: the rows' mean taken out first, so ``d^T H d`` is the error's spread around its
+    mean -- what is left once bias correction has removed the mean output shift."""
+    gram, total, count = None, None, 0
     for x in inputs:
         rows = layer_rows(layer, np.asarray(x, dtype=np.float32), w_shape, rng, max_positions)
         g = np.matmul(rows.transpose(0, 2, 1), rows).astype(np.float64)
-        gram = g if gram is None else gram + g
-    assert gram is not None
+        s = rows.sum(axis=1, dtype=np.float64)
+        gram, total = (g, s) if gram is None else (gram + g, total + s)
+        count += rows.shape[1]
+    assert gram is not None and total is not None
+    if centered:
+        gram = gram - np.einsum("gk,gl->gkl", total, total) / count
     return gram
 
 
@@ -473,11 +482,14 @@ def seq_mse(
     max_positions: int = DEFAULT_MAX_POSITIONS,
     seed: int = 0,
     progress: bool = True,
+    bias_corrected: Sequence[str] = (),
 ) -> SeqMseResult:
     """Choose the weight encodings of ``model``'s layers in ``encodings`` (changed in place) by their
     output error on ``samples``.  ``options`` is the :class:`~opendlc.quant.options.QuantizerOptions`
     (parameter schema, backend, steps, UDO packages); ``inputs`` is "quantized" (sequential: the
-    model quantized so far) or "float"."""
+    model quantized so far) or "float".  ``bias_corrected`` names the weights whose layer's bias will
+    be corrected afterwards (``bias_correction``): their search ignores the mean output shift, which
+    the correction removes."""
     if inputs not in ("quantized", "float"):
         raise ValueError(f"inputs must be 'quantized' or 'float', not {inputs!r}")
     pm = get_plugin_manager()
@@ -505,7 +517,8 @@ def seq_mse(
             w = numpy_helper.to_array(inits[layer.weight]).astype(np.float64)
             try:
                 xs = [_as_seen(np.asarray(v[layer.input]), layer.input, seen) for v in values]
-                gram = input_gram(layer, xs, w.shape, rng, max_positions)
+                centered = layer.weight in bias_corrected
+                gram = input_gram(layer, xs, w.shape, rng, max_positions, centered=centered)
                 rows_w = weight_rows(layer, w, gram.shape[0])
                 if rows_w.shape[1] != gram.shape[1] or rows_w.shape[0] % gram.shape[0]:
                     raise ValueError("shapes")

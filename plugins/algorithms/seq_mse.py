@@ -11,6 +11,7 @@ import onnx
 from opendlc.algorithms import Algorithm, CalibrationContext, Phase
 from opendlc.errors import UsageError
 from opendlc.hookspecs import hookimpl
+from opendlc.quant.bias_correction import targets as bias_targets
 from opendlc.quant.seq_mse import seq_mse
 
 log = logging.getLogger("opendlc.plugins.algorithms.seq_mse")
@@ -28,17 +29,17 @@ class SeqMse(Algorithm):
         if not isinstance(context, CalibrationContext) or not context.samples:
             raise UsageError("seq_mse needs calibration samples (an --input_list)")
         order = list(getattr(context.options, "apply_algorithms", []))
-        if (
-            self.name in order
-            and "bias_correction" in order
-            and order.index("bias_correction") < order.index(self.name)
-        ):
-            # bias correction measured the rounding error of the weight encodings seq_mse now replaces
-            log.warning(
-                "seq_mse runs after bias_correction here; list seq_mse first so biases are corrected "
-                "for the chosen weight encodings"
-            )
-        result = seq_mse(model, context.encodings, context.samples, context.options)
+        corrected: list[str] = []
+        if self.name in order and "bias_correction" in order:
+            if order.index("bias_correction") < order.index(self.name):
+                # bias correction measured the rounding error of the encodings seq_mse now replaces
+                log.warning(
+                    "seq_mse runs after bias_correction here; list seq_mse first so biases are "
+                    "corrected for the chosen weight encodings"
+                )
+            else:  # the mean output shift will be corrected: search for the smallest error around it
+                corrected = [t.weight for t in bias_targets(model, context.encodings)]
+        result = seq_mse(model, context.encodings, context.samples, context.options, bias_corrected=corrected)
         context.report.extend(result.report())
         return model
 
