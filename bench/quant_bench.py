@@ -52,6 +52,18 @@ for fam, extra in [("W8A8 per-tensor", {}), ("W8A8 per-channel", {"use_per_chann
                 **extra,
                 **({"apply_algorithms": algs} if algs else {}),
             }
+# seq_mse (weight ranges by layer output error; docs/algorithms.md), on the per-channel family
+for m in ("min-max", "sqnr", "percentile"):
+    for algs in (["seq_mse"], ["cle", "seq_mse"], ["cle", "seq_mse", "bias_correction"]):
+        if m == "min-max" and "bias_correction" in algs:
+            continue
+        OURS[f"per-channel bias32 {m}" + "".join(f" +{a}" for a in algs)] = {
+            "family": "W8A8 per-channel",
+            "bias_bitwidth": 32,
+            "act_quantizer_calibration": m,
+            "use_per_channel_quantization": True,
+            "apply_algorithms": algs,
+        }
 for m in ("min-max", "sqnr"):
     OURS[f"W8A16 per-channel bias32 {m}"] = {
         "family": "W8A16",
