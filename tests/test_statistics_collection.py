@@ -12,7 +12,12 @@ from tinymodels import conv_net, samples
 
 from opendlc.observers import BINS, StatsGroup, TensorStats
 from opendlc.plugin_manager import get_plugin_manager
-from opendlc.quant.calibrate import collect_statistics, statistics_model, subsample_step
+from opendlc.quant.calibrate import (
+    HISTOGRAM_SAMPLE,
+    collect_statistics,
+    statistics_model,
+    subsample_step,
+)
 
 
 def _same(a: TensorStats, b: TensorStats) -> bool:
@@ -126,4 +131,4 @@ def test_dynamic_and_unknown_shapes_take_the_generic_path() -> None:
     x = np.linspace(-3, 5, 50000, dtype=np.float32).reshape(2, 25000)
     s = collect_statistics(m, [{"x": x}], ["x", "r"], progress=False)
     assert (s["r"].min, s["r"].max, s["r"].count) == (0.0, 5.0, 50000)
-    assert 0 < s["r"].hist.sum() <= 16384 + 1
+    assert 0 < s["r"].hist.sum() <= HISTOGRAM_SAMPLE + 1

@@ -74,8 +74,11 @@ def float_activation_names(model: onnx.ModelProto, *, udo_packages: Sequence[str
 
 # Histograms are built from a deterministic strided subsample of at most about this many values per tensor
 # and sample; min and max always come from every value.  Copying every activation out of onnxruntime
-# costs ten times the forward pass on a detector; reductions inside the graph cost little.
-HISTOGRAM_SAMPLE = 16384
+# costs ten times the forward pass on a detector; reductions inside the graph cost little.  Over 64
+# samples that is 260 K values per tensor for 2048 bins: on the PP-OCR models 4096 gives the same
+# accuracy as 16384 (within the run-to-run spread of +-2 dB a different subsample gives), for a quarter
+# of the histogram work.
+HISTOGRAM_SAMPLE = 4096
 _PREFIX = "__opendlc_stat_"
 _END = np.iinfo(np.int64).max
 
