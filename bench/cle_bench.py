@@ -1,7 +1,7 @@
 """Cross-layer equalization benchmark (issue 5): opendlc's ``cle`` against aimet-onnx's ``equalize_model``.
 
     python bench/cle_bench.py [--models cls det] [--calibration 64] [--heldout 32] [--json rows.json]
-                              [--calibration-seed N] [--aimet-python PATH]
+                              [--calibration-seed N [N ...]] [--aimet-python PATH]
 
 For each PP-OCR model (input pinned to its static benchmark shape) and each W8A8 per-tensor configuration
 (min-max and sqnr activation calibration with 32-bit biases, and the SDK default: min-max, 8-bit biases),
@@ -183,37 +183,50 @@ def float_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     return float(np.abs(ref - test).max() / np.abs(ref).max()), data.sqnr_db(ref, test)
 
 
-def opendlc_equalized_float(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def opendlc_equalized_float(
+    model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]
+) -> tuple[onnx.ModelProto, int, int]:
     """The float model ``cle`` hands to calibration (normalised, as the quantizer does first, then
-    equalized), and the number of convolution pairs equalized."""
+    equalized with the quantizer's first calibration inputs), the number of convolution pairs
+    equalized and the number of pairs a bias was absorbed across."""
+    from itertools import islice
+
+    from opendlc.algorithms import RETAINED_SAMPLES
     from opendlc.graph.equalize import equalize
     from opendlc.graph.normalize import normalize
 
-    result = equalize(normalize(model).model)
-    return result.model, len(result.pairs)
+    result = equalize(normalize(model).model, samples=list(islice(calibration, RETAINED_SAMPLES)))
+    return result.model, len(result.pairs), len(result.absorbed)
 
 
 def run(
-    models: list[str], n_cal: int, n_held: int, aimet_python: Path | None, calibration_seed: int | None = None
+    models: list[str],
+    n_cal: int,
+    n_held: int,
+    aimet_python: Path | None,
+    calibration_seeds: list[int | None] | None = None,
 ) -> tuple[list[dict], list[dict], list[str]]:
-    """(SQNR rows, float-agreement rows, notes)."""
+    """(SQNR rows, float-agreement rows, notes).  Each calibration draw (None: the shared files) is
+    quantized against the same held-out crops; the float check uses the first draw."""
     data = _data()
+    seeds = calibration_seeds or [None]
     rows: list[dict] = []
     agreement: list[dict] = []
     notes: list[str] = []
     for name in models:
-        cal = calibration_set(name, n_cal, calibration_seed)
+        cal = calibration_set(name, n_cal, seeds[0])
         held = heldout_set(name, n_held)
         original = data.model(name)
         ref = data.outputs(original, held)
 
-        ours, n_pairs = opendlc_equalized_float(original)
+        ours, n_pairs, n_absorbed = opendlc_equalized_float(original, cal)
         diff, fsq = float_agreement(ref, data.outputs(ours, held))
         agreement.append(
             {
                 "model": name,
                 "equalization": "opendlc cle",
                 "pairs": n_pairs,
+                "absorbed": n_absorbed,
                 "max_rel_diff": diff,
                 "float_sqnr_db": fsq,
             }
@@ -236,6 +249,7 @@ def run(
                         "model": name,
                         "equalization": "AIMET",
                         "pairs": None,
+                        "absorbed": None,
                         "max_rel_diff": diff,
                         "float_sqnr_db": fsq,
                     }
@@ -244,32 +258,50 @@ def run(
                 notes.append(f"{name}: AIMET not available ({why}); its rows are left out")
                 print(notes[-1], file=sys.stderr)
 
-        for cfg_name, cfg in CONFIGS.items():
-            for eq in EQUALIZATIONS:
-                if eq == "opendlc cle":
-                    model, options = original, {**cfg, "apply_algorithms": ["cle"]}
-                elif eq in floats:
-                    model, options = floats[eq], cfg
-                else:
-                    continue
-                t = time.perf_counter()
-                sq = data.sqnr_db(ref, quantized_outputs(model, options, cal, held))
-                secs = time.perf_counter() - t
-                rows.append(
-                    {
-                        "model": name,
-                        "config": cfg_name,
-                        "equalization": eq,
-                        "sqnr_db": round(sq, 2),
-                        "seconds": round(secs, 1),
-                    }
-                )
-                print(
-                    f"{name:4s} {cfg_name:30s} {eq:12s} {sq:7.2f} dB  {secs:6.1f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for seed in seeds:
+            rows += _quantized_rows(name, floats, calibration_set(name, n_cal, seed), held, ref, seed)
     return rows, agreement, notes
+
+
+def _quantized_rows(
+    name: str,
+    floats: dict[str, onnx.ModelProto],
+    cal: Iterable[dict[str, np.ndarray]],
+    held: Iterable[dict[str, np.ndarray]],
+    ref: np.ndarray,
+    seed: int | None,
+) -> list[dict]:
+    data = _data()
+    draw = "shared files" if seed is None or seed == data.CALIBRATION_SEED else f"seed {seed}"
+    rows: list[dict] = []
+    original = floats["none"]
+    for cfg_name, cfg in CONFIGS.items():
+        for eq in EQUALIZATIONS:
+            if eq == "opendlc cle":
+                model, options = original, {**cfg, "apply_algorithms": ["cle"]}
+            elif eq in floats:
+                model, options = floats[eq], cfg
+            else:
+                continue
+            t = time.perf_counter()
+            sq = data.sqnr_db(ref, quantized_outputs(model, options, cal, held))
+            secs = time.perf_counter() - t
+            rows.append(
+                {
+                    "model": name,
+                    "calibration": draw,
+                    "config": cfg_name,
+                    "equalization": eq,
+                    "sqnr_db": round(sq, 2),
+                    "seconds": round(secs, 1),
+                }
+            )
+            print(
+                f"{name:4s} {draw:12s} {cfg_name:30s} {eq:12s} {sq:7.2f} dB  {secs:6.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
 
 
 def markdown(rows: list[dict], agreement: list[dict]) -> str:
@@ -279,15 +311,19 @@ def markdown(rows: list[dict], agreement: list[dict]) -> str:
         "|---|---|---:|---:|---:|",
     ]
     seen: dict[tuple[str, str], dict[str, float]] = {}
+    first_draw = rows[0]["calibration"] if rows else None
     for r in rows:
+        if r["calibration"] != first_draw:
+            continue
         seen.setdefault((r["model"], r["config"]), {})[r["equalization"]] = r["sqnr_db"]
     for (model, cfg), by_eq in seen.items():
         cells = [f"{by_eq[e]:.2f}" if e in by_eq else "n/a" for e in EQUALIZATIONS]
         lines.append(f"| {model} | {cfg} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| model | equalized float model | pairs | max relative difference | float SQNR dB |",
-        "|---|---|---:|---:|---:|",
+        "| model | equalized float model | pairs | biases absorbed across | max relative difference "
+        "| float SQNR dB |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for a in agreement:
         pairs = "" if a["pairs"] is None else str(a["pairs"])
@@ -295,10 +331,43 @@ def markdown(rows: list[dict], agreement: list[dict]) -> str:
             a["model"],
             a["equalization"],
             pairs,
+            "" if a.get("absorbed") is None else str(a["absorbed"]),
             f"{a['max_rel_diff']:.1e}",
             f"{a['float_sqnr_db']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def draws_markdown(rows: list[dict]) -> str:
+    """Per model and configuration: none / cle / AIMET for each calibration draw, their mean, and how
+    often cle is at least AIMET's and above none."""
+    draws = list(dict.fromkeys(r["calibration"] for r in rows))
+    by: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for r in rows:
+        by.setdefault((r["model"], r["config"]), {}).setdefault(r["calibration"], {})[r["equalization"]] = r[
+            "sqnr_db"
+        ]
+    lines = [
+        "| model | W8A8 per-tensor | " + " | ".join(draws) + " | mean | `cle` >= AIMET | `cle` > none |",
+        "|---|---|" + "---|" * len(draws) + "---|---:|---:|",
+    ]
+    for (model, cfg), per_draw in by.items():
+        cells, vs_aimet, vs_none = [], 0, 0
+        for d in draws:
+            v = per_draw.get(d, {})
+            cells.append(" / ".join(f"{v[e]:.2f}" if e in v else "n/a" for e in EQUALIZATIONS))
+            vs_aimet += "AIMET" in v and v["opendlc cle"] >= v["AIMET"]
+            vs_none += v["opendlc cle"] > v["none"]
+        means = [
+            np.mean([per_draw[d][e] for d in draws]) if all(e in per_draw[d] for d in draws) else None
+            for e in EQUALIZATIONS
+        ]
+        cells.append(" / ".join("n/a" if m is None else f"{m:.2f}" for m in means))
+        n = len(draws)
+        lines.append(
+            f"| {model} | {cfg} | " + " | ".join(cells) + f" | {vs_aimet} of {n} | {vs_none} of {n} |"
+        )
     return "\n".join(lines)
 
 
@@ -311,7 +380,11 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=64)
     p.add_argument("--heldout", type=int, default=STANDARD_HELDOUT)
     p.add_argument(
-        "--calibration-seed", type=int, help="draw other calibration crops (default: the shared files)"
+        "--calibration-seed",
+        type=int,
+        nargs="+",
+        help="draw other calibration crops (default: the shared files, which seed 0 also names); "
+        "several seeds: each draw is quantized and a per-draw table with means is printed",
     )
     p.add_argument("--aimet-python", type=Path, default=DEFAULT_AIMET_PYTHON)
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
@@ -325,17 +398,28 @@ def main() -> None:
     print_table(
         f"W8A8 per-tensor output SQNR vs FP32 "
         f"({args.calibration} calibration, {args.heldout} held-out crops)",
-        ["model", "configuration", "equalization", "SQNR dB", "seconds"],
-        [[r["model"], r["config"], r["equalization"], f"{r['sqnr_db']:.2f}", r["seconds"]] for r in rows],
+        ["model", "calibration", "configuration", "equalization", "SQNR dB", "seconds"],
+        [
+            [
+                r["model"],
+                r["calibration"],
+                r["config"],
+                r["equalization"],
+                f"{r['sqnr_db']:.2f}",
+                r["seconds"],
+            ]
+            for r in rows
+        ],
     )
     print_table(
         "Equalized float model vs the original (held-out crops)",
-        ["model", "equalization", "pairs", "max relative difference", "float SQNR dB"],
+        ["model", "equalization", "pairs", "absorbed across", "max relative difference", "float SQNR dB"],
         [
             [
                 a["model"],
                 a["equalization"],
                 a["pairs"],
+                a["absorbed"],
                 f"{a['max_rel_diff']:.1e}",
                 f"{a['float_sqnr_db']:.1f}",
             ]
@@ -343,6 +427,9 @@ def main() -> None:
         ],
     )
     print(markdown(rows, agreement))
+    if len(args.calibration_seed or []) > 1:
+        print()
+        print(draws_markdown(rows))
     for n in notes:
         print(n)
     if args.json:
