@@ -359,8 +359,10 @@ def test_quantize_report(tmp_path):
 @pytest.mark.real_models
 @pytest.mark.slow
 def test_ppocr_cls_worst_layers_and_reproduced_gain(ppocr, tmp_path):
-    """On the real classifier: the report names its worst layers (per-tensor depthwise weights), and the
-    overrides file, applied with convert + quantize, gives the gain the report states."""
+    """On the real classifier: the report names its worst layers (per-tensor weights; a depthwise one is
+    the first to fix), and the overrides file, applied with convert + quantize, gives the gain the report
+    states.  Symmetric weights: HTP holds asymmetric per-tensor weights beyond int8 per channel, which
+    the CPU simulation now does too, and that already repairs cls's depthwise layers."""
     import realmodels
 
     from opendlc.analysis.render import write_report
@@ -371,14 +373,16 @@ def test_ppocr_cls_worst_layers_and_reproduced_gain(ppocr, tmp_path):
     onnx.save(model, tmp_path / "cls.onnx")
     cal = [{"x": x} for x in realmodels.image_crops(shape, 8, seed=0)]
     held = [{"x": x} for x in realmodels.image_crops(shape, 2, seed=1000)]
-    report = analyze(Container(model), cal, heldout=held, candidates=6, progress=False)
-    worst = report.sensitivity[0]
-    assert worst.item.kind == "weights" and "depthwise" in worst.item.tensor
-    assert report.verdict.items and report.verdict.gain_db > 3
+    options = QuantizerOptions(param_quantizer_schema="symmetric")
+    report = analyze(Container(model), cal, options=options, heldout=held, candidates=6, progress=False)
+    assert report.sensitivity[0].item.kind == "weights"
+    assert any("depthwise" in item.tensor for item, _ in report.verdict.items)
+    assert report.verdict.gain_db > 3
     files = write_report(report, tmp_path / "cls.html")
 
     cal_list = write_input_list(tmp_path / "cal", cal)
-    ok(run("quantize", "-i", tmp_path / "cls.onnx", "-l", cal_list, "-o", tmp_path / "q.dlc"))
+    symmetric = ("--param_quantizer_schema", "symmetric")
+    ok(run("quantize", "-i", tmp_path / "cls.onnx", "-l", cal_list, "-o", tmp_path / "q.dlc", *symmetric))
     ok(
         run(
             "convert",
@@ -389,7 +393,7 @@ def test_ppocr_cls_worst_layers_and_reproduced_gain(ppocr, tmp_path):
             tmp_path / "c.dlc",
         )
     )
-    ok(run("quantize", "-i", tmp_path / "c.dlc", "-l", cal_list, "-o", tmp_path / "q2.dlc"))
+    ok(run("quantize", "-i", tmp_path / "c.dlc", "-l", cal_list, "-o", tmp_path / "q2.dlc", *symmetric))
 
     def sqnr(path) -> float:
         ref = np.concatenate([o[0].ravel() for o in outputs(model, held)])

@@ -386,6 +386,47 @@ def test_a_channel_of_zero_weights_keeps_its_bias_on_htp(bias_bitwidth):
     assert np.abs(y_htp[0, 0] - 0.5).max() <= step
 
 
+def test_a_weight_far_from_its_zero_point_is_computed_as_htp_holds_it():
+    # HTP computes with int8 (q - zero point); a channel beyond that is requantized there, and the CPU
+    # simulation now holds the weight the same way (before: 4 output steps apart on that channel)
+    model = tinymodels.skewed_weight_conv()
+    q = quantize(dlc.Container(model=model), tinymodels.samples(8, shape=(1, 256, 6, 6)), QuantizerOptions(),
+                 progress=False)  # fmt: skip
+    w = q.encodings["w"].encodings[0]
+    assert len(q.encodings["w"].encodings) == 1 and w.offset > -40  # per tensor, zero point near 20
+    qdq = to_qdq_model(q)
+    held = next(i for i in qdq.graph.initializer if i.name == "w__quantized")
+    assert held.data_type == TensorProto.INT8  # per channel int8, as HTP holds it
+    xs = tinymodels.samples(3, seed=21, shape=(1, 256, 6, 6))
+    runner = run_record(prepare_container(q, socs="sm8650", progress=False), "sm8650")
+    cpu = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    step = q.encodings["y"].encodings[0].scale
+    for x in xs:
+        assert np.abs(runner.run(x)["y"] - cpu.run(None, x)[0]).max() <= 1.01 * step
+    # the float model and the simulation still agree as a quantized model should
+    fp = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert realmodels.sqnr_db(fp.run(None, xs[0])[0], cpu.run(None, xs[0])[0]) > 25
+
+
+def test_16bit_activations_agree_where_htp_has_limits():
+    # two HTP limits at 16 bits, found on PP-OCR rec W8A16: a requantization multiplier below 2^-24 (a
+    # channel of weights about zero) gives the lowest integer, and HardSigmoid writes its output on the
+    # [0, 1) grid whatever encoding it was given; the HTP backend's constraints now respect both
+    model = tinymodels.dead_channel_conv(0.0, dead=1e-6)  # multiplier about 2e-8 on channel 0
+    model.graph.node.append(helper.make_node("HardSigmoid", ["y"], ["z"], alpha=1 / 6, beta=0.5))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8]))
+    q = quantize(dlc.Container(model=model), tinymodels.samples(8), QuantizerOptions(
+        act_bitwidth=16, use_per_channel_quantization=True, bias_bitwidth=32), progress=False)  # fmt: skip
+    z_enc = q.encodings["z"].encodings[0]
+    assert (z_enc.scale, z_enc.offset) == (2.0**-16, 0)
+    x = tinymodels.samples(1, seed=9)[0]
+    htp = run_record(prepare_container(q, socs="sm8650", progress=False), "sm8650").run(x)
+    cpu = ort.InferenceSession(to_qdq_model(q).SerializeToString(), providers=["CPUExecutionProvider"])
+    # in 16-bit steps; HTP's HardSigmoid itself is a few 16-bit steps off (before: thousands, both)
+    for name, value, steps in zip(("y", "z"), cpu.run(["y", "z"], x), (2, 8), strict=True):
+        assert np.abs(htp[name] - value).max() <= (steps + 0.01) * q.encodings[name].encodings[0].scale, name
+
+
 # ---- model edits: shapes, outputs, IO buffers --------------------------------------------------------
 def _dynamic_qdq_model(path: Path) -> None:
     """A fully convolutional model with dynamic H, W, quantized by ONNX Runtime (QDQ, QUInt8)."""

@@ -131,6 +131,24 @@ def test_a_bias_always_fits_int32_at_input_times_weight_scale(bias_bitwidth):
     assert np.allclose(y_cpu[0, 0], b0, atol=0.51 * q.encodings["y"].encodings[0].scale)
 
 
+def test_an_8bit_weight_is_written_as_htp_holds_it():
+    from opendlc.quant.export import as_htp_holds
+
+    t = TensorEncoding("w", "param", [Encoding(8, 0.1, -20, -2.0, 23.5)])  # zero point 20
+    q = np.full((3, 4), 20, np.uint8)
+    q[0] = [0, 10, 30, 147]  # within int8 of the zero point: HTP computes exactly these
+    assert as_htp_holds(q, t, 0) is None
+    q[1] = [255, 0, 20, 21]  # 235 steps above the zero point: beyond int8
+    values, held = as_htp_holds(q, t, 0)
+    assert values.dtype == np.int8 and held.axis == 0 and all(e.offset == 0 for e in held.encodings)
+    scales = np.array([e.scale for e in held.encodings])
+    real = (q.astype(np.float64) - 20) * 0.1
+    got = values * scales[:, None]
+    assert np.allclose(got[[0, 2]], real[[0, 2]]) and np.allclose(scales[[0, 2]], 0.1)  # untouched
+    assert scales[1] == pytest.approx(0.1 * 235 / 127) and values[1, 0] == 127
+    assert np.abs(got[1] - real[1]).max() <= scales[1] / 2 + 1e-12
+
+
 def test_per_channel_weights_bias32_and_htp_constraints(net):
     q = quantize(
         net, samples(8), QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=32), progress=False

@@ -47,13 +47,13 @@ def conv_net(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     return m
 
 
-def dead_channel_conv(bias0: float = 0.5) -> onnx.ModelProto:
-    """x[1,3,8,8] -> Conv(w, b) -> y[1,4,8,8]; output channel 0's weights are about zero (1e-16) and its
-    bias is ``bias0``, so that channel outputs its bias.  Trained networks have such channels (PP-OCR rec
-    and det do); per-channel weight scales make them tiny."""
+def dead_channel_conv(bias0: float = 0.5, dead: float = 1e-16) -> onnx.ModelProto:
+    """x[1,3,8,8] -> Conv(w, b) -> y[1,4,8,8]; output channel 0's weights are about zero (``dead`` x a
+    normal draw) and its bias is ``bias0``, so that channel outputs about its bias.  Trained networks
+    have such channels (PP-OCR rec and det do); per-channel weight scales make them tiny."""
     rng = np.random.default_rng(4)
     w = (rng.normal(size=(4, 3, 3, 3)) * 0.3).astype(np.float32)
-    w[0] = rng.normal(size=(3, 3, 3)).astype(np.float32) * 1e-16
+    w[0] = rng.normal(size=(3, 3, 3)).astype(np.float32) * dead
     b = np.array([bias0, -0.2, 0.1, 0.3], np.float32)
     g = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
@@ -61,6 +61,26 @@ def dead_channel_conv(bias0: float = 0.5) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def skewed_weight_conv() -> onnx.ModelProto:
+    """x[1,256,6,6] -> Conv 1x1 (w: mostly small, one weight 3.0) -> y[1,8,6,6].
+
+    Per-tensor asymmetric 8-bit weights put the zero point near 20, so the big weight lies about 230
+    steps above it: more than int8 holds."""
+    rng = np.random.default_rng(6)
+    w = (rng.normal(size=(8, 256, 1, 1)) * 0.1).astype(np.float32)
+    w[1, 0, 0, 0] = 3.0
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "skewed_weight_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [numpy_helper.from_array(w, "w")],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8

@@ -1,15 +1,19 @@
 """The HTP backend: what it supports, and the encodings its runtime needs.
 
 Constraints (from QNN HTP's operator definitions, as onnxruntime's QNN quantization helpers apply them):
-- 16-bit Sigmoid outputs use the fixed range [0, 1) (scale 2^-16, offset 0), 16-bit Tanh [-1, 1)
-  (scale 2^-15, offset -2^15); at 8 bits their calibrated ranges stand;
+- 16-bit Sigmoid and HardSigmoid outputs use the fixed range [0, 1) (scale 2^-16, offset 0), 16-bit
+  Tanh [-1, 1) (scale 2^-15, offset -2^15); at 8 bits their calibrated ranges stand;
 - data-movement ops (Reshape, Transpose, MaxPool, Slice, ...) keep their input's encoding, and a Concat's
   private inputs share its output encoding, so nothing is requantized inside them;
-- per-channel weights are symmetric (signed, offset 0).
+- per-channel weights are symmetric (signed, offset 0);
+- with 16-bit activations, a Conv/Gemm/MatMul's requantization multiplier (input scale x weight scale /
+  output scale) is at least 2^-24: below that HTP outputs garbage (measured on the HTP emulator: the
+  lowest integer), so the weight scale of such a channel (weights all about zero) is widened.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -57,7 +61,55 @@ def _signed_unit_interval(bw: int) -> Encoding | None:
     return Encoding(bw, scale, offset, -1.0, (2**bw - 1 + offset) * scale, False, False)
 
 
-FIXED = {"Sigmoid": _unit_interval, "Tanh": _signed_unit_interval}
+# HardSigmoid too: HTP's 16-bit HardSigmoid writes its output on the [0, 1) grid whatever encoding it was
+# given (measured: a calibrated [0, 0.72] encoding read back 0.72x the value).
+FIXED = {"Sigmoid": _unit_interval, "HardSigmoid": _unit_interval, "Tanh": _signed_unit_interval}
+
+# The smallest requantization multiplier HTP computes with 16-bit activations (2^-24 works, 0.95 x 2^-24
+# does not); a little headroom for float32 scales.
+MIN_MULTIPLIER_16 = 2.0**-24 * 1.001
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_FUSED = ("Relu", "Clip")  # HTP runs these inside the op, with their output encoding
+
+
+def _output_encoding(model: onnx.ModelProto, name: str, encodings: EncodingSet) -> Any:
+    """The encoding HTP requantizes ``name`` to: its own, or that of a Relu/Clip it feeds alone."""
+    while name not in encodings:
+        readers = [n for n in model.graph.node if name in n.input]
+        if len(readers) != 1 or readers[0].op_type not in _FUSED:
+            return None
+        name = readers[0].output[0]
+    return encodings[name]
+
+
+def _with_scale(e: Encoding, scale: float) -> Encoding:
+    """The same integers (same offset) at a wider scale."""
+    return dataclasses.replace(
+        e, scale=scale, min=scale * (e.qmin + e.offset), max=scale * (e.qmax + e.offset)
+    )
+
+
+def widen_tiny_weight_scales(model: onnx.ModelProto, encodings: EncodingSet) -> int:
+    """Raise weight scales so every 16-bit requantization multiplier is at least MIN_MULTIPLIER_16."""
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type not in _WEIGHTED or len(node.input) < 2:
+            continue
+        if node.input[0] not in encodings or node.input[1] not in encodings:
+            continue
+        x, w = encodings[node.input[0]], encodings[node.input[1]]
+        y = _output_encoding(model, node.output[0], encodings)
+        if y is None or w.kind != "param" or any(t.dtype != "int" for t in (x, w, y)):
+            continue
+        if len(x.encodings) != 1 or len(y.encodings) != 1 or max(x.bitwidth, y.bitwidth) < 16:
+            continue
+        floor = MIN_MULTIPLIER_16 * y.encodings[0].scale / x.encodings[0].scale
+        if all(e.scale >= floor for e in w.encodings):
+            continue
+        encs = [e if e.scale >= floor else _with_scale(e, floor) for e in w.encodings]
+        encodings.add(dataclasses.replace(w, encodings=encs))
+        changed += 1
+    return changed
 
 
 class HtpBackend(Backend):
@@ -68,6 +120,9 @@ class HtpBackend(Backend):
             "shared across data movement": share_input_encoding(model, encodings, SHARED),
             "shared across Concat": share_concat_encoding(model, encodings),
             "per-channel weights made symmetric": symmetric_per_channel_weights(encodings),
+            "of weights widened to HTP's smallest 16-bit multiplier": widen_tiny_weight_scales(
+                model, encodings
+            ),
         }
         for what, n in counts.items():
             if n:
