@@ -41,7 +41,8 @@ METHODS = ["min-max", "sqnr", "mse", "percentile", "entropy", "enhanced"]
 ALGORITHMS = ([], ["cle"], ["bias_correction"], ["cle", "bias_correction"])
 for fam, extra in [("W8A8 per-tensor", {}), ("W8A8 per-channel", {"use_per_channel_quantization": True})]:
     for m in METHODS:
-        for algs in ALGORITHMS if m in ("min-max", "sqnr", "mse", "percentile") else ([],):
+        searched = ("min-max", "sqnr", "mse", "percentile") + (("entropy",) if "channel" in fam else ())
+        for algs in ALGORITHMS if m in searched else ([],):
             if fam == "W8A8 per-tensor" and algs and algs != ["cle", "bias_correction"]:
                 continue
             name = f"{fam.split()[1]} bias32 {m}" + "".join(f" +{a}" for a in algs)
