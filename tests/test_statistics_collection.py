@@ -132,3 +132,18 @@ def test_dynamic_and_unknown_shapes_take_the_generic_path() -> None:
     s = collect_statistics(m, [{"x": x}], ["x", "r"], progress=False)
     assert (s["r"].min, s["r"].max, s["r"].count) == (0.0, 5.0, 50000)
     assert 0 < s["r"].hist.sum() <= HISTOGRAM_SAMPLE + 1
+
+
+def test_rearranged_tensors_take_their_inputs_encoding_without_being_observed() -> None:
+    from opendlc.container import Container
+    from opendlc.quant.api import quantize
+    from opendlc.quant.options import QuantizerOptions
+
+    q = quantize(
+        Container(conv_net()),
+        samples(6),
+        QuantizerOptions(target_backend="CPU", act_quantizer_calibration="sqnr"),
+        progress=False,
+    )
+    y, m = q.encodings["y"], q.encodings["m"]  # y = Reshape(m)
+    assert y.encodings == m.encodings and y.source == "propagated" and m.source == "calibration"

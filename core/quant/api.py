@@ -27,7 +27,7 @@ from opendlc.quant.calibrate import collect_statistics, float_activation_names, 
 from opendlc.quant.encode import Quantizers, activation_encodings, bias_encodings, parameter_encodings
 from opendlc.quant.options import QuantizerOptions
 from opendlc.quant.plan import QuantPlan, make_plan
-from opendlc.quant.propagate import propagate
+from opendlc.quant.propagate import SAME_VALUES, propagate, same_values_outputs
 
 log = logging.getLogger("opendlc.quant")
 
@@ -109,10 +109,11 @@ def quantize(
     else:
         total = len(samples) if isinstance(samples, Sized) else None
         counted = _Counting(samples)
+        rearranged = same_values_outputs(model, plan.activations)  # their input's statistics are theirs
         stats = collect_statistics(
             model,
             counted,
-            plan.activations,
+            [t for t in plan.activations if t not in rearranged],
             histograms=q.act_method.needs_histogram,
             total=total,
             udo_packages=udo,
@@ -121,6 +122,7 @@ def quantize(
         n_samples = counted.count  # type: ignore[attr-defined]
         for enc in activation_encodings(stats, q).values():
             encodings.add(enc)
+        propagate(model, encodings, rearranged, SAME_VALUES, backward=False)
         timings["calibration"] = time.perf_counter() - clock  # observing + choosing activation ranges
         clock = time.perf_counter()
         for enc in parameter_encodings(plan, q).values():

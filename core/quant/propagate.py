@@ -43,6 +43,25 @@ DATA_MOVEMENT = frozenset(
 )
 
 
+# Ops whose output holds exactly input 0's values, only rearranged: the output's statistics are the
+# input's, so calibration observes the input alone and the output takes its encoding.
+SAME_VALUES = frozenset(
+    {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "DepthToSpace", "SpaceToDepth"}
+)
+
+
+def same_values_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> set[str]:
+    """The tensors among ``tensors`` that an op of :data:`SAME_VALUES` makes from another of them."""
+    wanted = set(tensors)
+    return {
+        out
+        for node in model.graph.node
+        if node.op_type in SAME_VALUES and node.input and node.input[0] in wanted
+        for out in node.output
+        if out in wanted
+    }
+
+
 def _copy(enc: TensorEncoding, name: str, source: str) -> TensorEncoding:
     return TensorEncoding(
         name, "activation", list(enc.encodings), None, enc.dtype, enc.float_bitwidth, source
