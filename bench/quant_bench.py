@@ -498,8 +498,11 @@ def render_speed(rows: list[dict]) -> str:
             "float forward passes over the same samples, and against "
             "`onnxruntime.quantization.quantize_static` "
             "with the matching calibrator (its Percentile/Entropy on fewer samples where it would run out of "
-            "memory: both tools then run on that count). Reproduce: `python bench/quant_bench.py "
-            "speed --json s.json`.",
+            "memory: both tools then run on that count). opendlc's calibration runs one single-threaded "
+            "session per core on whole samples (docs/quantization-engine.md); the forward passes run in one "
+            'onnxruntime session with its default threads; all use the same 2 cores. "calibration" counts '
+            "building and loading the statistics model, the samples and choosing every activation range. "
+            "Reproduce: `python bench/quant_bench.py speed --json s.json`.",
             _table(
                 [
                     "model",
