@@ -288,12 +288,15 @@ def memory(models: list[str], methods: list[str]) -> list[dict]:
 ORT_METHOD = {"min-max": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
-def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int) -> list[dict]:
+def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int, n_more: int) -> list[dict]:
+    """``n_more`` (> n): a second sample count, for the cost of each extra sample, without the fixed
+    costs (loading the statistics model, choosing ranges) that dominate on a small model."""
     rows = []
     for name in models:
-        fwd = {k: run_child("forward", name, "", k)["seconds"] for k in {n, n_ort_hist}}
+        fwd = {k: run_child("forward", name, "", k)["seconds"] for k in {n, n_ort_hist, n_more}}
         for m in methods:
             r = run_child("ours", name, m, n)
+            more = run_child("ours", name, m, n_more)
             row = {
                 "model": name,
                 "method": m,
@@ -302,6 +305,10 @@ def speed(models: list[str], methods: list[str], n: int, n_ort_hist: int) -> lis
                 "calibration_seconds": round(r["calibration_seconds"], 2),
                 "forward_seconds": round(fwd[n], 2),
                 "vs_forward": round(r["calibration_seconds"] / fwd[n], 2),
+                "more_samples": n_more,
+                "marginal_vs_forward": round(
+                    (more["calibration_seconds"] - r["calibration_seconds"]) / (fwd[n_more] - fwd[n]), 2
+                ),
             }
             if m in ORT_METHOD:
                 k = n if m == "min-max" else n_ort_hist
@@ -512,6 +519,7 @@ def render_speed(rows: list[dict]) -> str:
                     "of which calibration s",
                     "float forward passes s",
                     "calibration / forward",
+                    "each extra sample: calibration / forward",
                     "ORT samples",
                     "ORT s",
                     "opendlc whole run / ORT",
@@ -527,6 +535,11 @@ def render_speed(rows: list[dict]) -> str:
                         r.get("calibration_seconds"),
                         r.get("forward_seconds"),
                         r["vs_forward"],
+                        (
+                            f"{r['marginal_vs_forward']} ({r['samples']} to {r['more_samples']})"
+                            if "marginal_vs_forward" in r
+                            else None
+                        ),
                         r.get("ort_samples"),
                         r.get("ort_seconds"),
                         r.get("vs_ort"),
@@ -566,6 +579,7 @@ def main() -> None:
     s.add_argument("--methods", nargs="+", default=["min-max", "sqnr", "entropy", "mse", "percentile"])
     s.add_argument("--samples", type=int, default=64)
     s.add_argument("--ort-histogram-samples", type=int, default=16)
+    s.add_argument("--more-samples", type=int, default=256, help="second count, for the per-sample cost")
     for x in (a, m, s):
         x.add_argument("--json", type=Path, help="write the rows as JSON here")
     w = sub.add_parser("write", help="render JSON results into docs/benchmarks.md")
@@ -597,7 +611,7 @@ def main() -> None:
     elif args.cmd == "memory":
         rows = memory(args.models, args.methods)
     else:
-        rows = speed(args.models, args.methods, args.samples, args.ort_histogram_samples)
+        rows = speed(args.models, args.methods, args.samples, args.ort_histogram_samples, args.more_samples)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
