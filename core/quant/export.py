@@ -4,8 +4,9 @@ onnxruntime runs it on the CPU as a simulation of the quantized model, and Qualc
 provider compiles it for HTP.  8-bit encodings use the standard ``ai.onnx`` Q/DQ ops; 4- and 16-bit ones
 use onnxruntime's ``com.microsoft`` Q/DQ ops, which take those integer types (as onnxruntime's own QNN
 tooling does).  Float fallback at 16 bits is simulated by a round trip through float16.  An 8-bit weight
-of Conv/Gemm/MatMul is written as HTP holds it (:func:`as_htp_holds`), so the CPU simulation computes
-what HTP computes.
+of Conv/Gemm/MatMul is written as HTP holds it (:func:`as_htp_holds`), and the second input of a MatMul
+of two 16-bit activations is converted to 8 bits (as the QNN EP does for HTP), so the CPU simulation
+computes what HTP computes.
 """
 
 from __future__ import annotations
@@ -244,4 +245,66 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
+    _eight_bit_second_operands(model, enc)
     return model
+
+
+def _eight_bit_second_operands(model: onnx.ModelProto, enc: EncodingSet) -> int:
+    """Quantize the second input of a MatMul of two 16-bit activations to 8 bits over the same range.
+
+    HTP multiplies two activations as 16 x 8 bits: the QNN EP converts the second one (measured on the
+    emulator: PP-OCR rec W8A16's attention MatMuls are then within about one 16-bit step of the CPU on
+    average, instead of 40-80).  The CPU simulation quantizes it the same way, so both compute the same.
+    Where that tensor feeds only this MatMul its own Q/DQ pair becomes 8-bit (HTP's lowering then
+    converts before a data-movement op that produced it); otherwise an 8-bit pair is added.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    outputs = {o.name for o in g.output}
+    pending: dict[int, list[onnx.NodeProto]] = {}
+    changed = 0
+
+    def encoding(name: str) -> TensorEncoding | None:
+        t = enc.tensors.get(name.removesuffix("__dq"))
+        return t if t is not None and t.kind == "activation" and t.dtype == "int" else None
+
+    for index, node in enumerate(g.node):
+        if node.op_type != "MatMul" or len(node.input) != 2:
+            continue
+        a, b = encoding(node.input[0]), encoding(node.input[1])
+        if a is None or b is None or len(a.encodings) != 1 or len(b.encodings) != 1:
+            continue
+        e = b.encodings[0]
+        if a.encodings[0].bitwidth != 16 or e.bitwidth != 16 or e.signed or e.offset > 0:
+            continue
+        tag = f"{node.input[1]}__as_8bit_{index}".replace("/", "_")
+        scale = np.array(e.scale * 257.0, np.float32)  # the same range: (2^16 - 1) / (2^8 - 1) = 257
+        zero_point = np.array(min(max(round(-e.offset / 257.0), 0), 255), np.uint8)
+        g.initializer.extend(
+            [numpy_helper.from_array(scale, f"{tag}_scale"), numpy_helper.from_array(zero_point, f"{tag}_zp")]
+        )
+        q_args = [f"{tag}_scale", f"{tag}_zp"]
+        dq = producer.get(node.input[1])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        alone = readers.get(node.input[1]) == 1 and node.input[1] not in outputs
+        if q is not None and q.op_type == "QuantizeLinear" and readers.get(q.output[0]) == 1 and alone:
+            for pair in (q, dq):
+                pair.input[1], pair.input[2] = q_args
+                pair.domain = ""
+        else:
+            src = node.input[1]
+            pending[index] = [
+                helper.make_node("QuantizeLinear", [src, *q_args], [f"{tag}_q"]),
+                helper.make_node("DequantizeLinear", [f"{tag}_q", *q_args], [tag]),
+            ]
+            node.input[1] = tag
+        changed += 1
+    if pending:
+        nodes = [m for i, n in enumerate(g.node) for m in (*pending.get(i, []), n)]
+        del g.node[:]
+        g.node.extend(nodes)
+    return changed
