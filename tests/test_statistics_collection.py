@@ -147,3 +147,16 @@ def test_rearranged_tensors_take_their_inputs_encoding_without_being_observed() 
     )
     y, m = q.encodings["y"], q.encodings["m"]  # y = Reshape(m)
     assert y.encodings == m.encodings and y.source == "propagated" and m.source == "calibration"
+
+
+def test_the_number_of_calibration_sessions_can_be_set(monkeypatch) -> None:
+    from opendlc.errors import UsageError
+    from opendlc.quant.calibrate import calibration_workers
+
+    monkeypatch.setenv("OPENDLC_CALIBRATION_WORKERS", "1")
+    assert calibration_workers() == 1
+    monkeypatch.setenv("OPENDLC_CALIBRATION_WORKERS", "two")
+    with pytest.raises(UsageError, match="OPENDLC_CALIBRATION_WORKERS"):
+        calibration_workers()
+    monkeypatch.delenv("OPENDLC_CALIBRATION_WORKERS")
+    assert 1 <= calibration_workers() <= 4

@@ -205,11 +205,18 @@ def statistics_model(
 
 
 def calibration_workers() -> int:
-    """How many samples calibration runs at once: one single-threaded session per core (at most 4).
+    """How many samples calibration runs at once: one single-threaded session per core (at most 4), or
+    ``OPENDLC_CALIBRATION_WORKERS``.
 
     Observing every tensor splits the float model into many small kernels that one session cannot
-    spread over several cores; whole samples can be, and mergeable statistics make that exact.
+    spread over several cores; whole samples can be, and mergeable statistics make that exact.  Each
+    session holds its own activations: with little memory to spare, set the variable to 1.
     """
+    forced = os.environ.get("OPENDLC_CALIBRATION_WORKERS", "").strip()
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise UsageError(f"OPENDLC_CALIBRATION_WORKERS must be a positive integer, not {forced!r}")
+        return int(forced)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
