@@ -455,6 +455,27 @@ def test_a_matmul_of_two_16bit_activations_is_simulated_as_htp_computes_it():
         assert steps.mean() < 4 and steps.max() < 100
 
 
+def test_16bit_elementwise_ops_with_constants_stay_quantized():
+    # HTP takes a Mul/Add of a 16-bit activation and a constant into a quantized group only when the
+    # constant is 16-bit too; with an 8-bit one it ran them in float16 (PP-OCR rec W8A16: 34 nodes)
+    scale = numpy_helper.from_array(np.linspace(0.5, 2, 8).astype(np.float32).reshape(1, 8, 1, 1), "c")
+    shift = numpy_helper.from_array(np.linspace(-1, 1, 8).astype(np.float32).reshape(1, 8, 1, 1), "d")
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Add", ["m", "d"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [scale, shift],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    q = quantize(dlc.Container(model=model), tinymodels.samples(4, shape=(1, 8, 4, 4)),
+                 QuantizerOptions(act_bitwidth=16), progress=False)  # fmt: skip
+    assert q.encodings["c"].encodings[0].bitwidth == 16
+    record = prepare_container(q, socs="sm8650", progress=False).records[0]
+    assert record.info["unquantized_ops"] == []
+
+
 # ---- model edits: shapes, outputs, IO buffers --------------------------------------------------------
 def _dynamic_qdq_model(path: Path) -> None:
     """A fully convolutional model with dynamic H, W, quantized by ONNX Runtime (QDQ, QUInt8)."""

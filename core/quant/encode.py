@@ -116,8 +116,10 @@ def weight_encoding(use: ParamUse, values: np.ndarray, q: Quantizers) -> TensorE
 
 
 def other_param_encoding(use: ParamUse, values: np.ndarray, q: Quantizers) -> TensorEncoding:
-    # constant operands of element-wise ops: 4 bits would wreck them, so at least 8
-    bw = max(8, q.options.weights_bitwidth)
+    # constant operands of element-wise ops: 4 bits would wreck them, so at least 8; and as many as the
+    # activations, since HTP runs a Mul/Add of a 16-bit activation and an 8-bit constant in float16,
+    # outside a quantized group (a small tensor: the extra bits cost nothing)
+    bw = max(8, q.options.weights_bitwidth, q.options.act_bitwidth)
     enc = encode_range(
         _value_stats(values, q.param_method),
         q.param_method,
