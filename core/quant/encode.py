@@ -20,6 +20,7 @@ log = logging.getLogger("opendlc.quant.encode")
 
 PER_CHANNEL_OPS = ("Conv", "ConvTranspose", "Gemm")
 PER_ROW_OPS = ("MatMul", "Gemm")
+_ARITHMETIC = ("Add", "Sub", "Mul", "Div")  # element-wise ops whose constants follow the activations
 
 
 @dataclass
@@ -116,10 +117,13 @@ def weight_encoding(use: ParamUse, values: np.ndarray, q: Quantizers) -> TensorE
 
 
 def other_param_encoding(use: ParamUse, values: np.ndarray, q: Quantizers) -> TensorEncoding:
-    # constant operands of element-wise ops: 4 bits would wreck them, so at least 8; and as many as the
-    # activations, since HTP runs a Mul/Add of a 16-bit activation and an 8-bit constant in float16,
-    # outside a quantized group (a small tensor: the extra bits cost nothing)
-    bw = max(8, q.options.weights_bitwidth, q.options.act_bitwidth)
+    # constant operands of element-wise ops: 4 bits would wreck them, so at least 8; and for arithmetic
+    # ones as many as the activations, since HTP runs a Mul/Add of a 16-bit activation and an 8-bit
+    # constant in float16, outside a quantized group (a small tensor: the extra bits cost nothing).
+    # Not LayerNormalization's scale: HTP refuses a 16-bit one.
+    bw = max(8, q.options.weights_bitwidth)
+    if use.op_type in _ARITHMETIC:
+        bw = max(bw, q.options.act_bitwidth)
     enc = encode_range(
         _value_stats(values, q.param_method),
         q.param_method,
