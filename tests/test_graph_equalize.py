@@ -280,7 +280,7 @@ def test_ppocr_cls_float_outputs_are_kept(ppocr, normalized_first):
     m = set_input_shapes(onnx.load(ppocr("cls")), {"x": list(shape)})
     source = normalize(m).model if normalized_first else m
     chooser = [{"x": x} for x in realmodels.image_crops(shape, 8, seed=6)]  # chooses plain-pair amounts
-    result = equalize(source, samples=chooser)
+    result = equalize(source, samples=chooser, center_plain_pairs=True)
     # as shipped, the SE blocks' conv biases are Reshape(Constant) nodes: only normalize()'s constant
     # folding makes them parameters, and those convs pairs.  Hard-swish chains are never pairs.
     assert len(result.pairs) == (15 if normalized_first else 6), result.report
@@ -363,9 +363,10 @@ def test_plain_pair_is_centred_on_the_samples_exactly():
     conv1's output shares one narrower per-tensor range.  Without samples (input unbounded) nothing
     moves."""
     m = absorption_model(None, bounded=False)
-    assert equalize(m).absorbed == []
+    assert equalize(m, center_plain_pairs=True).absorbed == []
+    assert equalize(m, samples=samples(4)).absorbed == []  # off by default
     data = samples(4)
-    result = equalize(m, samples=data)
+    result = equalize(m, samples=data, center_plain_pairs=True)
     assert [(a.first, a.second) for a in result.absorbed] == [("conv1", "conv2")]
     check = samples(3)  # other inputs than the ones that chose the amounts: exact for any input
     assert relative_error(outputs_over(m, check), outputs_over(result.model, check)) < 1e-5
@@ -414,12 +415,13 @@ def test_proven_bounds_hold(producer):
 
 
 def test_quantizer_gives_cle_a_few_samples_and_still_calibrates_on_all_of_a_stream():
-    """A one-shot iterator: cle peeks at its first inputs, calibration still sees every one."""
+    """A one-shot iterator: before-calibration algorithms get its first inputs, calibration still sees
+    every one."""
     from opendlc.container import Container
     from opendlc.quant.api import quantize
     from opendlc.quant.options import QuantizerOptions
 
-    m = absorption_model(None, bounded=False)
+    m = absorption_model("Relu")
     data = samples(10)
     q = quantize(Container(m), iter(data), QuantizerOptions(apply_algorithms=["cle"]), progress=False)
     assert q.encodings.meta["samples"] == 10

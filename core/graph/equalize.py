@@ -71,14 +71,18 @@ def equalize(
     max_iterations: int = 100,
     tolerance: float = 1e-4,
     absorb_biases: bool = True,
+    center_plain_pairs: bool = False,
     samples: Iterable[Mapping[str, np.ndarray]] | None = None,
 ) -> Equalized:
     """Fold BatchNormalization (and per-channel affine) into convolutions, equalize every pair, then
-    absorb high biases where that is exact.
+    absorb high biases where that is exact: across a Relu-like activation, what the pre-activation
+    provably never goes below.
 
-    ``samples`` (optional, a few model inputs) only choose how much bias moves across pairs with no
-    activation, where any amount is exact; they never widen what crosses an activation.  ``model`` is
-    not modified.  Weights held in ``Constant`` nodes are moved to initializers first.
+    ``center_plain_pairs`` also moves each channel's middle across pairs with no activation (any
+    amount is exact there; the proven range, else the range on ``samples``, a few model inputs).  Off by
+    default: measured on PP-OCR it lowered output SQNR (det, sqnr calibration: 7.27 -> 6.02 dB on one
+    calibration draw; cls: -0.1 to -0.35 dB on four-draw means).  ``model`` is not modified.  Weights
+    held in ``Constant`` nodes are moved to initializers first.
     """
     from opendlc.graph.normalize import constants_to_initializers
 
@@ -95,7 +99,7 @@ def equalize(
         if largest < tolerance:
             break
     report.append(f"equalized {len(pairs)} convolution pairs in {iterations} iterations")
-    absorbed = absorb_high_biases(view, pairs, samples) if absorb_biases else []
+    absorbed = absorb_high_biases(view, pairs, samples, center_plain_pairs) if absorb_biases else []
     if absorb_biases:
         report.append(f"absorbed high biases across {len(absorbed)} of {len(pairs)} pairs (exact moves only)")
     view.prune()
@@ -209,12 +213,22 @@ def _equalize_pair(view: GraphView, pair: Pair) -> np.ndarray:
 
 
 def absorb_high_biases(
-    view: GraphView, pairs: list[Pair], samples: Iterable[Mapping[str, np.ndarray]] | None = None
+    view: GraphView,
+    pairs: list[Pair],
+    samples: Iterable[Mapping[str, np.ndarray]] | None = None,
+    center_plain_pairs: bool = False,
 ) -> list[Absorbed]:
     """Move each pair's exactly movable bias amount (:func:`absorption_amount`) from the first
-    convolution's bias into the second's; returns what moved."""
+    convolution's bias into the second's (pairs with no activation only with ``center_plain_pairs``);
+    returns what moved."""
     nodes = {n.name: n for n in view.graph.node}
-    movable = [p for p in pairs if nodes[p.second].op_type == "Conv" and not pads(view, nodes[p.second])]
+    movable = [
+        p
+        for p in pairs
+        if nodes[p.second].op_type == "Conv"
+        and not pads(view, nodes[p.second])
+        and (p.activation is not None or center_plain_pairs)
+    ]
     free = [p for p in movable if p.activation is None]  # any amount is exact: samples may choose it
     observed = {}
     if samples is not None and free:
