@@ -149,6 +149,18 @@ def test_an_8bit_weight_is_written_as_htp_holds_it():
     assert np.abs(got[1] - real[1]).max() <= scales[1] / 2 + 1e-12
 
 
+def test_only_htp_containers_get_htp_weights_in_their_simulation():
+    from tinymodels import skewed_weight_conv
+
+    # a CPU runtime computes with the weights as quantized; HTP holds them as int8 per channel
+    data = samples(4, shape=(1, 256, 6, 6))
+    for backend, stored in (("HTP", onnx.TensorProto.INT8), ("CPU", onnx.TensorProto.UINT8)):
+        options = QuantizerOptions(target_backend=backend)
+        q = quantize(dlc.Container(model=skewed_weight_conv()), data, options, progress=False)
+        weight = next(i for i in to_qdq_model(q).graph.initializer if i.name == "w__quantized")
+        assert weight.data_type == stored, backend
+
+
 def test_per_channel_weights_bias32_and_htp_constraints(net):
     q = quantize(
         net, samples(8), QuantizerOptions(use_per_channel_quantization=True, bias_bitwidth=32), progress=False

@@ -3,10 +3,10 @@
 onnxruntime runs it on the CPU as a simulation of the quantized model, and Qualcomm's QNN execution
 provider compiles it for HTP.  8-bit encodings use the standard ``ai.onnx`` Q/DQ ops; 4- and 16-bit ones
 use onnxruntime's ``com.microsoft`` Q/DQ ops, which take those integer types (as onnxruntime's own QNN
-tooling does).  Float fallback at 16 bits is simulated by a round trip through float16.  An 8-bit weight
-of Conv/Gemm/MatMul is written as HTP holds it (:func:`as_htp_holds`), and the second input of a MatMul
-of two 16-bit activations is converted to 8 bits (as the QNN EP does for HTP), so the CPU simulation
-computes what HTP computes.
+tooling does).  Float fallback at 16 bits is simulated by a round trip through float16.  For an HTP
+container (the default target), an 8-bit weight of Conv/Gemm/MatMul is written as HTP holds it
+(:func:`as_htp_holds`), and the second input of a MatMul of two 16-bit activations is converted to 8
+bits (as the QNN EP does for HTP), so the CPU simulation computes what HTP computes.
 """
 
 from __future__ import annotations
@@ -177,7 +177,10 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
         ]
 
     graph_inputs = {i.name for i in g.input}
-    weight_axes = _weight_axes(g) if opset >= 13 else {}  # per-axis DequantizeLinear needs opset 13
+    # HTP's ways are simulated for HTP containers (and ones whose target is not recorded)
+    for_htp = (enc.meta or {}).get("quantizer", {}).get("target_backend", "HTP") == "HTP"
+    # per-axis DequantizeLinear needs opset 13
+    weight_axes = _weight_axes(g) if opset >= 13 and for_htp else {}
     for name, t in enc.tensors.items():
         if t.dtype == "float" and (t.float_bitwidth or 32) == 32:
             continue
@@ -245,7 +248,8 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    _eight_bit_second_operands(model, enc)
+    if for_htp:
+        _eight_bit_second_operands(model, enc)
     return model
 
 
