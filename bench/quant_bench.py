@@ -489,6 +489,9 @@ def render_memory(rows: list[dict]) -> str:
                 ["model", "method", "peak RSS 16 samples (MB)", "peak RSS 64 samples (MB)", "ratio 64/16"],
                 [[r["model"], r["method"], r["rss16_mb"], r["rss64_mb"], f"{r['ratio']:.3f}"] for r in rows],
             ),
+            "Calibration runs one session per core (here 2), each holding one sample's activations: about "
+            "twice the 0.53 GB a single session took (`OPENDLC_CALIBRATION_WORKERS=1` gives that back, at the "
+            "cost of speed); what matters is that nothing grows with the number of samples. "
             "For comparison, onnxruntime's Percentile and Entropy calibrators keep every activation of every "
             "sample (see the speed table's RSS column, and FACTS.md section 5: 6.7 GB at 16 samples, out of "
             "memory at 64 on the detector).",
