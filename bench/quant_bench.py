@@ -490,7 +490,7 @@ def render_memory(rows: list[dict]) -> str:
                 [[r["model"], r["method"], r["rss16_mb"], r["rss64_mb"], f"{r['ratio']:.3f}"] for r in rows],
             ),
             "Calibration runs one session per core (here 2), each holding one sample's activations: about "
-            "twice the 0.53 GB a single session took (`OPENDLC_CALIBRATION_WORKERS=1` gives that back, at the "
+            "twice the 0.53 GB one session took (`OPENDLC_CALIBRATION_WORKERS=1` gives that back, at the "
             "cost of speed); what matters is that nothing grows with the number of samples. "
             "For comparison, onnxruntime's Percentile and Entropy calibrators keep every activation of every "
             "sample (see the speed table's RSS column, and FACTS.md section 5: 6.7 GB at 16 samples, out of "
