@@ -32,7 +32,7 @@ import data  # noqa: E402
 
 from opendlc import container as dlc  # noqa: E402
 from opendlc.htp import HtpPrepareOptions, prepare_container, prepare_records, run_record  # noqa: E402
-from opendlc.htp.qdq import QDQ_OPS, lower_for_htp  # noqa: E402
+from opendlc.htp.compare import op_differences  # noqa: E402
 from opendlc.quant.api import quantize  # noqa: E402
 from opendlc.quant.export import to_qdq_model  # noqa: E402
 from opendlc.quant.options import QuantizerOptions  # noqa: E402
@@ -138,75 +138,18 @@ def with_rounding_noise(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> o
     return out
 
 
-def _local_model(
-    lowered: onnx.ModelProto, tensor: str, encoded: set[str]
-) -> tuple[onnx.ModelProto, dict[str, str], str]:
-    """The part of ``lowered`` that computes ``tensor`` (as HTP exposes it) from the encoded tensors before
-    it: (model, {its input: the encoded tensor or graph input it is}, its output)."""
-    g = lowered.graph
-    producer = {o: n for n in g.node for o in n.output}
-    outputs = {o.name for o in g.output}
-    known = {t if t in outputs else f"{t}__dq": t for t in encoded}
-    constants = {i.name for i in g.initializer}
-    graph_inputs = {i.name for i in g.input}
-    target = tensor if tensor in outputs else f"{tensor}__dq"
-    taken, inputs, seen, stack = [], set(), set(), [target]
-    while stack:
-        name = stack.pop()
-        if name in seen or not name or name in constants:
-            continue
-        seen.add(name)
-        if name != target and (name in known or name in graph_inputs):
-            inputs.add(name)
-            continue
-        taken.append(producer[name])
-        stack.extend(producer[name].input)
-    nodes = [n for n in g.node if any(n is t for t in taken)]
-    read = {i for n in nodes for i in n.input}
-    graph = helper.make_graph(
-        nodes,
-        "local",
-        [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in sorted(inputs)],
-        [helper.make_tensor_value_info(target, TensorProto.FLOAT, None)],
-        [i for i in g.initializer if i.name in read],
-    )
-    m = helper.make_model(graph, opset_imports=lowered.opset_import)
-    m.ir_version = lowered.ir_version
-    return m, {v: known.get(v, v) for v in inputs}, target
-
-
 def per_op(q: dlc.Container, sample: dict[str, np.ndarray]) -> dict[str, dict]:
     """Every encoded tensor on the HTP emulator (sm8650) against the same op on the CPU fed with HTP's own
-    inputs: the op's own difference, in its output steps, by op type (fused Relu/Clip included)."""
-    import onnxruntime as ort
-
-    enc = q.encodings
-    order = [
-        o
-        for n in q.model.graph.node
-        for o in n.output
-        if o in enc.tensors and enc.tensors[o].kind == "activation" and enc.tensors[o].dtype == "int"
-    ]
-    cached = prepare_container(q, socs="sm8650", progress=False, output_tensors=order)
-    htp = run_record(cached, "sm8650").run(sample)
-    lowered, _ = lower_for_htp(to_qdq_model(q))
-    encoded = set(order)
+    inputs (``opendlc.htp.compare``): the op's own difference, in its output steps, by op type."""
     stats: dict[str, dict] = {}
-    for t in order:
-        model, inputs, target = _local_model(lowered, t, encoded - {t})
-        ops = "+".join(n.op_type for n in model.graph.node if n.op_type not in QDQ_OPS) or "(none)"
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = {name: (htp[v] if v in htp else sample[v]) for name, v in inputs.items()}
-        cpu = session.run([target], feeds)[0]
-        e = enc.tensors[t].encodings[0]
-        steps = np.rint(np.abs(np.asarray(htp[t], np.float64) - cpu) / e.scale)
+    for d in op_differences(q, sample, soc="sm8650"):
         row = stats.setdefault(
-            ops, {"tensors": 0, "max_steps": 0, "differing": 0, "values": 0, "bits": e.bitwidth}
+            d.ops, {"tensors": 0, "max_steps": 0, "differing": 0, "values": 0, "bits": d.bits}
         )
         row["tensors"] += 1
-        row["max_steps"] = max(row["max_steps"], int(steps.max()))
-        row["differing"] += int((steps > 0).sum())
-        row["values"] += int(steps.size)
+        row["max_steps"] = max(row["max_steps"], d.max_steps)
+        row["differing"] += d.differing
+        row["values"] += d.values
     return stats
 
 

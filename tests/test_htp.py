@@ -730,3 +730,23 @@ def test_ppocr_cls_quantized_by_opendlc_runs_on_the_emulator(work, ppocr):
     out = cpu.get_outputs()[0].name
     y_cpu, y_fp = cpu.run([out], {name: x})[0], fp.run([out], {name: x})[0]
     assert realmodels.sqnr_db(y_cpu, y_htp[out]) > 10 and realmodels.sqnr_db(y_fp, y_htp[out]) > 10
+
+
+@pytest.mark.real_models
+def test_every_op_of_ppocr_cls_is_within_one_step_on_the_emulator(ppocr):
+    # each op fed the emulator's own inputs: what is left between HTP and the CPU simulation is HTP's
+    # requantization rounding (one step, on a few percent of the values), nothing of opendlc's
+    from opendlc.htp.compare import op_differences
+    from opendlc.model_edit import set_input_shapes
+
+    shape = realmodels.input_shape("cls")
+    c = dlc.load(ppocr("cls"))
+    name = c.model.graph.input[0].name
+    c.model = set_input_shapes(c.model, {name: list(shape)})
+    crops = [{name: x} for x in realmodels.image_crops(shape, 8, seed=0)]
+    q = quantize(c, crops, QuantizerOptions(), progress=False)
+    diffs = op_differences(q, {name: realmodels.image_crops(shape, 1, seed=99)[0]})
+    assert len(diffs) > 100 and {"Conv", "Add", "HardSwish", "Softmax"} <= {d.ops for d in diffs}
+    worst = max(diffs, key=lambda d: d.max_steps)
+    assert worst.max_steps <= 1, worst
+    assert sum(d.differing for d in diffs) < 0.05 * sum(d.values for d in diffs)
