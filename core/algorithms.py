@@ -9,6 +9,8 @@ from typing import Any
 
 import onnx
 
+from opendlc.errors import UsageError
+
 
 class Phase(StrEnum):
     """When an algorithm runs."""
@@ -45,3 +47,11 @@ class CalibrationContext:
 
 
 RETAINED_SAMPLES = 8
+
+
+def calibration_context(context: Any, algorithm: str) -> CalibrationContext:
+    """``context`` as a :class:`CalibrationContext` with samples, or a one-line error naming the
+    ``algorithm`` that needs them (it was run without an input list)."""
+    if not isinstance(context, CalibrationContext) or not context.samples:
+        raise UsageError(f"{algorithm} needs calibration samples (an --input_list)")
+    return context

@@ -7,8 +7,7 @@ from typing import Any
 
 import onnx
 
-from opendlc.algorithms import Algorithm, CalibrationContext, Phase
-from opendlc.errors import UsageError
+from opendlc.algorithms import Algorithm, Phase, calibration_context
 from opendlc.hookspecs import hookimpl
 from opendlc.quant.bias_correction import correct_biases
 
@@ -22,8 +21,7 @@ class BiasCorrection(Algorithm):
     phase = Phase.AFTER_CALIBRATION
 
     def apply(self, model: onnx.ModelProto, context: Any) -> onnx.ModelProto:
-        if not isinstance(context, CalibrationContext) or not context.samples:
-            raise UsageError("bias_correction needs calibration samples (an --input_list)")
+        context = calibration_context(context, self.name)
         corrected, report = correct_biases(model, context.encodings, context.samples)
         context.report.extend(report)
         return corrected

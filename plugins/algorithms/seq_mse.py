@@ -8,8 +8,7 @@ from typing import Any
 
 import onnx
 
-from opendlc.algorithms import Algorithm, CalibrationContext, Phase
-from opendlc.errors import UsageError
+from opendlc.algorithms import Algorithm, Phase, calibration_context
 from opendlc.hookspecs import hookimpl
 from opendlc.quant.bias_correction import targets as bias_targets
 from opendlc.quant.seq_mse import seq_mse
@@ -26,8 +25,7 @@ class SeqMse(Algorithm):
     phase = Phase.AFTER_CALIBRATION
 
     def apply(self, model: onnx.ModelProto, context: Any) -> onnx.ModelProto:
-        if not isinstance(context, CalibrationContext) or not context.samples:
-            raise UsageError("seq_mse needs calibration samples (an --input_list)")
+        context = calibration_context(context, self.name)
         order = list(getattr(context.options, "apply_algorithms", []))
         corrected: list[str] = []
         if self.name in order and "bias_correction" in order:
