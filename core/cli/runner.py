@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import typer
 
+from opendlc.cli.logging_options import HELP as LOG_HELP
 from opendlc.cli.logging_options import configure_logging, debug_enabled, split_log_args
 from opendlc.errors import OpendlcError
 
@@ -49,3 +50,16 @@ def run(invoke: Callable[[list[str]], object], prog: str, argv: list[str]) -> in
             file=sys.stderr,
         )
         return 1
+
+
+def run_command(command: Callable[..., object], prog: str, argv: list[str]) -> int:
+    """Run one typer ``command`` as the program ``prog`` (a drop-in SDK tool) on ``argv``."""
+    app = typer.Typer(
+        name=prog,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.command(name=prog, epilog="\b\n" + LOG_HELP)(command)
+    return run(lambda rest: app(args=rest, prog_name=prog, standalone_mode=False), prog, argv)

@@ -15,8 +15,7 @@ import typer
 
 from opendlc import __version__
 from opendlc import container as dlc
-from opendlc.cli.logging_options import HELP as LOG_HELP
-from opendlc.cli.runner import run
+from opendlc.cli.runner import run_command
 from opendlc.errors import UsageError
 from opendlc.htp import HtpPrepareOptions, prepare_records
 from opendlc.htp.qdq import parse_buffer_types
@@ -236,18 +235,6 @@ def graph_prepare(
     typer.echo(f"wrote {output}")
 
 
-def build_app(prog: str) -> typer.Typer:
-    app = typer.Typer(
-        add_completion=False,
-        pretty_exceptions_enable=False,
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    app.command(name=prog, epilog="\b\n" + LOG_HELP)(graph_prepare)
-    return app
-
-
 def main(prog: str, argv: list[str]) -> int:
     """Run ``snpe-dlc-graph-prepare`` (named ``prog``) on ``argv``; return the exit status."""
-    app = build_app(prog)
-    return run(lambda rest: app(args=rest, prog_name=prog, standalone_mode=False), prog, argv)
+    return run_command(graph_prepare, prog, argv)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import typer
 
-from opendlc.cli.logging_options import HELP as LOG_HELP
-from opendlc.cli.runner import run
+from opendlc.cli.runner import run_command
 from opendlc.udo_gen.generate import generate_packages
 
 
@@ -43,18 +42,6 @@ def generate(
         typer.echo(f"  build its host libraries with: make -C {package.root} cpu_x86")
 
 
-def build_app(prog: str) -> typer.Typer:
-    app = typer.Typer(
-        name=prog,
-        add_completion=False,
-        pretty_exceptions_enable=False,
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    app.command(epilog="\b\n" + LOG_HELP)(generate)
-    return app
-
-
 def main(prog: str, argv: list[str]) -> int:
-    app = build_app(prog)
-    return run(lambda rest: app(args=rest, prog_name=prog, standalone_mode=False), prog, argv)
+    """Run ``snpe-udo-package-generator`` (named ``prog``) on ``argv``; return the exit status."""
+    return run_command(generate, prog, argv)
