@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from opendlc.container import Container
 from opendlc.errors import NotAvailableError, UsageError
+from opendlc.qdq_import import constant_values
 
 BUFFER_TYPES = ("float32", "fixedPoint8", "fixedPoint16")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -91,16 +92,6 @@ def qdq_model_for(container: Container) -> onnx.ModelProto:
 
 
 # ---- small graph helpers ---------------------------------------------------------------------------
-def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = a.t
-    return out
-
-
 def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
     """Rename a tensor everywhere it is produced or read (graph outputs included)."""
     for n in model.graph.node:
@@ -247,7 +238,7 @@ _MOVES_VALUES = {
 
 
 def _requantize_data_movement(model: onnx.ModelProto) -> int:
-    consts = _constants(model)
+    consts = constant_values(model)
     producers, readers = _producers(model), _readers(model)
     before_op: dict[str, list[onnx.NodeProto]] = {}  # op output -> nodes to put before the op
     for node in model.graph.node:
@@ -338,7 +329,7 @@ def _activation_exact(node: onnx.NodeProto, enc: _Enc, consts: dict[str, onnx.Te
 
 
 def _encode_fused_activations(model: onnx.ModelProto) -> int:
-    consts = _constants(model)
+    consts = constant_values(model)
     producers, readers = _producers(model), _readers(model)
     before_act: dict[str, list[onnx.NodeProto]] = {}  # activation output -> the Q/DQ to put before it
     for act in [n for n in model.graph.node if n.op_type in ("Relu", "Clip")]:
@@ -356,7 +347,7 @@ def _encode_fused_activations(model: onnx.ModelProto) -> int:
 
 
 def _int32_biases(model: onnx.ModelProto) -> int:
-    consts = _constants(model)
+    consts = constant_values(model)
     producers = _producers(model)
     added: list[onnx.NodeProto] = []
     for node in model.graph.node:
@@ -524,7 +515,7 @@ def apply_buffer_types(
             f"--buffer_data_type names {', '.join(unknown)}, not an input or output of the graph "
             f"(inputs: {', '.join(in_names)}; outputs: {', '.join(out_names)})"
         )
-    consts = _constants(out)
+    consts = constant_values(out)
     inputs = [_input_buffer(out, name, requested.get(name), use_float_io, consts) for name in in_names]
     outputs = [_output_buffer(out, name, requested.get(name), use_float_io, consts) for name in out_names]
     return out, inputs, outputs
