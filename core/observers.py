@@ -10,7 +10,7 @@ of a data set gives exactly the statistics of the whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -204,7 +204,7 @@ class StatsGroup:
 
     :meth:`observe_summaries` is :meth:`TensorStats.observe_summary` for every tensor at once, with one
     histogram pass for all of them (one call per tensor costs more than the forward pass on small
-    models).
+    models).  The tensors' histograms are rows of one array, so one addition updates them all.
     """
 
     def __init__(self, stats: Sequence[TensorStats]) -> None:
@@ -213,7 +213,20 @@ class StatsGroup:
         if len(bins) > 1:
             raise ValueError("a StatsGroup takes statistics with one bin count")
         self.bins = bins.pop() if bins else 0
-        self._grids: tuple[bytes, np.ndarray, np.ndarray, list[tuple[int, int]]] | None = None
+        self._lo = np.array([s.min for s in self.stats], dtype=np.float64)
+        self._hi = np.array([s.max for s in self.stats], dtype=np.float64)
+        self._hist = np.zeros((len(self.stats), self.bins), dtype=np.int64)
+        for i in range(len(self.stats)):
+            self._bind(i)
+        # the per-value arrays of the last subsample layout: (lengths, 2**-width, bin shift)
+        self._grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _bind(self, i: int) -> None:
+        """Make tensor i's histogram a row of the group's array (again, after a re-grid replaced it)."""
+        s = self.stats[i]
+        if s.hist.size == self.bins and self.bins:
+            self._hist[i] = s.hist
+            s.hist = self._hist[i]
 
     def observe_summaries(
         self,
@@ -226,18 +239,20 @@ class StatsGroup:
         """Tensor i's exact (finite) bounds ``lo[i]``, ``hi[i]`` and size ``n[i]``; ``values`` holds the
         tensors' subsamples one after another, ``lengths[i]`` of them for tensor i.  The result is
         exactly that of calling ``observe_summary`` on each tensor in turn."""
-        # bounds and grids first; only tensors whose range grew can move to another grid
-        current_lo = np.array([s.min for s in self.stats])
-        current_hi = np.array([s.max for s in self.stats])
-        grew = (n > 0) & ((lo < current_lo) | (hi > current_hi))
-        for i in np.nonzero(grew)[0]:
-            self.stats[i].observe_summary(float(lo[i]), float(hi[i]), int(n[i]))
-        for s, k, g in zip(self.stats, n.tolist(), grew.tolist(), strict=True):
-            if not g:
+        # bounds and grids first; only a tensor whose range grew can move to another grid
+        grew = np.nonzero((n > 0) & ((lo < self._lo) | (hi > self._hi)))[0]
+        for i in grew:
+            s = self.stats[i]
+            s.observe_summary(float(lo[i]), float(hi[i]), int(n[i]))
+            self._lo[i], self._hi[i] = s.min, s.max
+            self._bind(i)
+        grown = set(grew.tolist())
+        for i, (s, k) in enumerate(zip(self.stats, n.tolist(), strict=True)):
+            if i not in grown:
                 s.count += k
         if values is None or lengths is None or not values.size or not self.bins:
             return
-        scale, shift = self._element_grids(lengths)
+        scale, shift = self._element_grids(lengths, grew)
         # x * 2**-e is exact in float32, so every value falls in the bin observe_summary would put it
         # in; tensor i's bins are numbered from i * bins, for one bincount over all tensors
         scaled = values.astype(np.float32, copy=False) * scale
@@ -247,26 +262,35 @@ class StatsGroup:
         counts = np.bincount(idx, minlength=total)  # values lie within their tensor's [lo, hi]: no clip
         if counts.size != total:
             raise ValueError("a subsample value lies outside its tensor's observed range")
-        counts = counts.reshape(len(self.stats), self.bins)
-        for i in np.nonzero(lengths)[0]:
-            self.stats[i].hist += counts[i]
+        self._hist += counts.reshape(self._hist.shape)
 
-    def _element_grids(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def refresh(self, indices: Iterable[int]) -> None:
+        """Take in what tensors ``indices`` observed outside the group (``TensorStats.observe``)."""
+        moved = np.fromiter(indices, dtype=np.int64)
+        for i in moved:
+            self._lo[i], self._hi[i] = self.stats[i].min, self.stats[i].max
+            self._bind(i)
+        if self._grids is not None:
+            self._rewrite(moved)
+
+    def _element_grids(self, lengths: np.ndarray, moved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per subsample value: its tensor's 2**-width and bin shift.  Kept from sample to sample; only
-        the stretches of tensors whose grid moved are rewritten."""
-        grids = [(s.width_exp, s.first_bin) for s in self.stats]
-        if self._grids is None or self._grids[0] != lengths.tobytes():
-            scale = np.repeat(np.array([2.0**-e for e, _ in grids], dtype=np.float32), lengths)
+        the stretches of tensors whose grid ``moved`` are rewritten."""
+        if self._grids is None or not np.array_equal(self._grids[0], lengths):
+            scale = np.repeat(np.array([2.0**-s.width_exp for s in self.stats], dtype=np.float32), lengths)
             base = np.arange(len(self.stats), dtype=np.int64) * self.bins
-            shift = np.repeat(base - np.array([f for _, f in grids], dtype=np.int64), lengths)
-            self._grids = (lengths.tobytes(), scale, shift, grids)
-            return scale, shift
-        _, scale, shift, known = self._grids
+            first = np.array([s.first_bin for s in self.stats], dtype=np.int64)
+            self._grids = (lengths.copy(), scale, np.repeat(base - first, lengths))
+        else:
+            self._rewrite(moved)
+        return self._grids[1], self._grids[2]
+
+    def _rewrite(self, moved: np.ndarray) -> None:
+        assert self._grids is not None
+        lengths, scale, shift = self._grids
         ends = np.cumsum(lengths)
-        for i, (grid, old) in enumerate(zip(grids, known, strict=True)):
-            if grid != old:
-                a, b = int(ends[i] - lengths[i]), int(ends[i])
-                scale[a:b] = 2.0 ** -grid[0]
-                shift[a:b] = i * self.bins - grid[1]
-                known[i] = grid
-        return scale, shift
+        for i in moved:
+            s = self.stats[i]
+            a, b = int(ends[i] - lengths[i]), int(ends[i])
+            scale[a:b] = 2.0**-s.width_exp
+            shift[a:b] = i * self.bins - s.first_bin

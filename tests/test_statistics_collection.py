@@ -160,3 +160,17 @@ def test_the_number_of_calibration_sessions_can_be_set(monkeypatch) -> None:
         calibration_workers()
     monkeypatch.delenv("OPENDLC_CALIBRATION_WORKERS")
     assert 1 <= calibration_workers() <= 4
+
+
+def test_a_sample_with_nan_is_observed_in_full_and_the_group_carries_on_exactly() -> None:
+    """Tensors with NaN in a sample are observed whole, outside the group (their grid may move there);
+    a later sample inside the earlier range must still land in the right bins."""
+    model = conv_net()
+    rng = np.random.default_rng(8)
+    data = [{"x": (rng.normal(size=(1, 3, 8, 8)) * s).astype(np.float32)} for s in (3.0, 9.0, 1.0)]
+    data[1]["x"][0, 0, 0, :3] = np.nan
+    stats = collect_statistics(model, data, ["x"], progress=False, workers=1)
+    expected = TensorStats()
+    for d in data:  # the input is small: its subsample is all of it, so the two must agree
+        expected.observe(d["x"])
+    assert _same(stats["x"], expected) and stats["x"].nonfinite == 3

@@ -99,6 +99,23 @@ class StatisticsOutputs:
     sizes: list[int | str]
     lengths: list[int | str]
 
+    @staticmethod
+    def reader(known: list[int | str]) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+        """A function giving ``known`` (sizes or lengths) as an array, the outputs among them read from a
+        run's values; the numbers known in advance are laid out once."""
+        base = np.array([x if isinstance(x, int) else 0 for x in known], dtype=np.int64)
+        dynamic = [(i, x) for i, x in enumerate(known) if isinstance(x, str)]
+        if not dynamic:
+            return lambda values: base
+
+        def read(values: Mapping[str, np.ndarray]) -> np.ndarray:
+            out = base.copy()
+            for i, name in dynamic:
+                out[i] = int(values[name])
+            return out
+
+        return read
+
     def fetches(self) -> list[str]:
         dynamic = [x for x in (*self.sizes, *self.lengths) if isinstance(x, str)]
         return [self.mins, self.maxs, *([self.samples] if self.samples else []), *dynamic]
@@ -289,6 +306,8 @@ class _Worker:
         self.stats = {t: TensorStats(bins=BINS if histograms else 0) for t in names.tensors}
         self.group = StatsGroup([self.stats[t] for t in names.tensors])
         self.full_session: ort.InferenceSession | None = None  # whole tensors, for NaN/Inf samples
+        self.fetch = names.fetches()
+        self.sizes, self.lengths = names.reader(names.sizes), names.reader(names.lengths)
 
     def run(self, next_sample: Callable[[], tuple[int, Mapping[str, np.ndarray]] | None]):
         count = 0
@@ -303,15 +322,14 @@ class _Worker:
         if missing:
             raise UsageError(f"calibration sample {index} lacks input(s) {', '.join(missing)}")
         feeds = {n: sample[n] for n in self.input_names}
-        fetch = names.fetches()
-        values = dict(zip(fetch, _run(self.sess, fetch, feeds, index), strict=True))
+        values = dict(zip(self.fetch, _run(self.sess, self.fetch, feeds, index), strict=True))
         lo, hi = values[names.mins].astype(np.float64), values[names.maxs].astype(np.float64)
-        sizes = np.array([int(values[x]) if isinstance(x, str) else x for x in names.sizes], dtype=np.int64)
+        sizes = self.sizes(values)
         finite = np.isfinite(lo) & np.isfinite(hi)
         subsample, lengths = None, None
         if names.samples:
             subsample = values[names.samples]
-            lengths = np.array([int(values[x]) if isinstance(x, str) else x for x in names.lengths])
+            lengths = self.lengths(values)
         if not finite.all():  # such tensors are observed in full below
             lo, hi, sizes = np.where(finite, lo, 0.0), np.where(finite, hi, 0.0), np.where(finite, sizes, 0)
             if lengths is not None:
@@ -324,11 +342,15 @@ class _Worker:
                 with_outputs(self.model, names.tensors), udo_packages=self.udo
             )
             wanted = [t for t in nonfinite if t not in self.input_names]
-            for t, v in zip(wanted, _run(self.full_session, wanted, feeds, index), strict=True):
+            # (no names would make onnxruntime return every output)
+            for t, v in zip(
+                wanted, _run(self.full_session, wanted, feeds, index) if wanted else [], strict=True
+            ):
                 self.stats[t].observe(v)
             for t in nonfinite:
                 if t in self.input_names:
                     self.stats[t].observe(feeds[t])
+            self.group.refresh(np.nonzero(~finite)[0])
 
 
 def _run(sess: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray], index: int) -> list:
