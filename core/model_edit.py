@@ -19,6 +19,18 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in inits]
 
 
+def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The type (with the shape, where known) of every tensor onnx's shape inference can tell: the
+    graph's inputs, outputs and value_info after inference.  Best effort: when inference fails (e.g. a
+    model beyond protobuf's 2 GB), what the model itself declares."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    g = inferred.graph
+    return {v.name: v.type for v in (*g.value_info, *g.input, *g.output)}
+
+
 def set_input_shapes(model: onnx.ModelProto, dims: dict[str, list[int]]) -> onnx.ModelProto:
     """A copy of ``model`` with the named inputs' shapes fixed, and shapes re-inferred."""
     out = onnx.ModelProto()

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from opendlc.graph.view import GraphView
+from opendlc.model_edit import inferred_types
 
 _ARITH = {"Mul", "Div", "Add", "Sub"}
 
@@ -30,18 +31,14 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Rank of every tensor whose shape inference knows it (for folds that depend on the layout)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shapes are an aid here; without them the layout-dependent folds are skipped
-        inferred = model
-    ranks: dict[str, int] = {}
-    g = inferred.graph
-    for v in list(g.value_info) + list(g.input) + list(g.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            ranks[v.name] = len(t.shape.dim)
-    for t in g.initializer:
+    """Rank of every tensor whose shape inference knows it (for folds that depend on the layout; without
+    shapes the layout-dependent folds are skipped)."""
+    ranks = {
+        name: len(t.tensor_type.shape.dim)
+        for name, t in inferred_types(model).items()
+        if t.tensor_type.HasField("shape")
+    }
+    for t in model.graph.initializer:
         ranks[t.name] = len(t.dims)
     return ranks
 

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from opendlc.container import Container
 from opendlc.errors import NotAvailableError, UsageError
+from opendlc.model_edit import inferred_types
 from opendlc.qdq_import import constant_values
 
 BUFFER_TYPES = ("float32", "fixedPoint8", "fixedPoint16")
@@ -170,15 +171,6 @@ def _qdq_node(
     z_name = _unique(model, f"{dst}__buffer_zero_point")
     model.graph.initializer.append(helper.make_tensor(z_name, enc.elem_type, [], [enc.zero_point]))
     return helper.make_node(op, [src, s_name, z_name], [dst], domain=domain)
-
-
-def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
-    g = inferred.graph
-    return {v.name: v.type for v in (*g.value_info, *g.input, *g.output)}
 
 
 # ---- lowering for the QNN EP -----------------------------------------------------------------------
@@ -448,7 +440,7 @@ def expose_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProt
     wanted = [t for t in dict.fromkeys(tensors) if t not in present]
     if not wanted:
         return out
-    types = _value_types(out)
+    types = inferred_types(out)
     sources = {v.name for v in out.graph.input} | {i.name for i in out.graph.initializer}
     for t in wanted:
         q = next((n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == t), None)

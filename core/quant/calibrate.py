@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from opendlc.errors import OpendlcError, UsageError
+from opendlc.model_edit import inferred_types
 from opendlc.observers import BINS, StatsGroup, TensorStats
 from opendlc.progress import track
 
@@ -129,18 +130,12 @@ def subsample_step(size: int, budget: int | None = None) -> int:
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Shapes onnx can infer (unknown dimensions as None); empty when inference is not possible."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # e.g. models over protobuf's 2 GB limit: every tensor then takes the generic path
-        return {}
-    shapes = {}
-    g = inferred.graph
-    for vi in (*g.input, *g.value_info, *g.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return shapes
+    """Shapes onnx can infer (unknown dimensions as None); tensors without one take the generic path."""
+    return {
+        name: [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
+        for name, t in inferred_types(model).items()
+        if t.tensor_type.HasField("shape")
+    }
 
 
 def statistics_model(
