@@ -140,3 +140,49 @@ class JinjaUdoTemplateSet(UdoTemplateSet):
             log.debug("rendered %s from %s", relative, template_name)
             written.append(target)
         return written
+
+
+def implementation_library_files(
+    package: UdoPackage,
+    core_type: str,
+    *,
+    host_target: str,
+    op_template: str,
+    core_makefile: str,
+    host_libs: str = "",
+    host_cppflags: str = "",
+    android_includes: str = "",
+    android_ldlibs: str = "",
+    op_context: Any = None,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The files of a core's implementation library that every host-buildable core has (interface,
+    ops header, host Makefile, Android module, the core's make fragment), then one ``op_template``
+    source per operator (``op_context(op)``, if given, adds to its context)."""
+    p = package.name
+    core = CoreTarget(core_type)
+    ops = package.operators_for(core_type)
+    library = abi.implementation_library(p, core_type)
+    module = Path(library).stem.removeprefix("lib")
+    src = f"jni/src/{core.dir}"
+    ctx = {"core": core, "ops": ops}
+    what = f"the {core_type} implementation library"
+    makefile = {
+        "what": what,
+        "library": library,
+        "obj_subdir": core.dir,
+        "target": host_target,
+        "extra_lines": [],
+        "libs": host_libs,
+        "cppflags": host_cppflags,
+    }
+    android = {"module": module, "what": what, "extra_includes": android_includes, "ldlibs": android_ldlibs}
+    return [
+        ("shared/Interface.cpp.j2", f"{src}/{p}{core.file_tag}Interface.cpp", ctx),
+        ("shared/Ops.h.j2", f"{src}/{p}{core.file_tag}Ops.h", ctx),
+        ("shared/host_library.Makefile.j2", f"{src}/Makefile", makefile),
+        ("shared/android_module.mk.j2", f"{src}/Android.mk", android),
+        (core_makefile, f"make/{core_type.lower()}.mk", {**ctx, "module": module}),
+    ] + [
+        (op_template, f"{src}/{op.type}.cpp", {**ctx, "op": op, **(op_context(op) if op_context else {})})
+        for op in ops
+    ]
