@@ -220,6 +220,7 @@ class StatsGroup:
             self._bind(i)
         # the per-value arrays of the last subsample layout: (lengths, 2**-width, bin shift)
         self._grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._work: tuple[np.ndarray, np.ndarray] | None = None  # scaled values, bin indices
 
     def _bind(self, i: int) -> None:
         """Make tensor i's histogram a row of the group's array (again, after a re-grid replaced it)."""
@@ -254,15 +255,20 @@ class StatsGroup:
             return
         scale, shift = self._element_grids(lengths, grew)
         # x * 2**-e is exact in float32, so every value falls in the bin observe_summary would put it
-        # in; tensor i's bins are numbered from i * bins, for one bincount over all tensors
-        scaled = values.astype(np.float32, copy=False) * scale
-        idx = np.floor(scaled, out=scaled).astype(np.int64)
-        idx += shift
-        total = len(self.stats) * self.bins
-        counts = np.bincount(idx, minlength=total)  # values lie within their tensor's [lo, hi]: no clip
-        if counts.size != total:
+        # in; tensor i's bins are numbered from i * bins, for one pass over all tensors.  The work
+        # arrays are kept from sample to sample: allocating them anew costs as much as the arithmetic.
+        if self._work is None or self._work[0].size != values.size:
+            self._work = (np.empty(values.size, dtype=np.float32), np.empty(values.size, dtype=np.int64))
+        scaled, idx = self._work
+        np.multiply(values, scale, out=scaled)
+        np.floor(scaled, out=scaled)
+        np.copyto(idx, scaled, casting="unsafe")
+        np.add(idx, shift, out=idx)
+        flat = self._hist.reshape(-1)
+        counts = np.bincount(idx, minlength=flat.size)  # values lie within their tensor's [lo, hi]: no clip
+        if counts.size != flat.size:
             raise ValueError("a subsample value lies outside its tensor's observed range")
-        self._hist += counts.reshape(self._hist.shape)
+        np.add(flat, counts, out=flat)
 
     def refresh(self, indices: Iterable[int]) -> None:
         """Take in what tensors ``indices`` observed outside the group (``TensorStats.observe``)."""
