@@ -34,7 +34,8 @@ class Backend:
     """A runtime a model can target, and the quantization it supports.
 
     Subclass and override :meth:`constrain_encodings` to apply the operator constraints the runtime
-    needs (fixed output encodings, encodings shared across data-movement ops).
+    needs (fixed output encodings, encodings shared across data-movement ops), and
+    :meth:`match_qdq_model` where the runtime's arithmetic differs from the QDQ model's on a CPU.
     """
 
     name: str  # upper-case, e.g. "HTP"
@@ -51,6 +52,15 @@ class Backend:
     def constrain_encodings(self, model: onnx.ModelProto, encodings: Any) -> Any:
         """Return ``encodings`` adjusted to what this runtime needs; the default changes nothing."""
         return encodings
+
+    def match_qdq_model(self, model: onnx.ModelProto, encodings: Any) -> None:
+        """Rewrite ``model`` in place so that onnxruntime's CPU computes what this runtime computes.
+
+        ``model`` is the QDQ model (:func:`opendlc.quant.export.to_qdq_model`) of a container quantized
+        for this runtime, with the container's ``encodings``; the CPU simulation of the quantized model
+        then agrees with the runtime where their arithmetic differs (a weight held in another integer
+        type, an operand converted to fewer bits).  The default changes nothing.
+        """
 
     def check_bitwidths(self, weights: int, activations: int, bias: int) -> str | None:
         """A sentence saying why this combination is not supported here, or None."""

@@ -132,7 +132,7 @@ def test_a_bias_always_fits_int32_at_input_times_weight_scale(bias_bitwidth):
 
 
 def test_an_8bit_weight_is_written_as_htp_holds_it():
-    from opendlc.quant.export import as_htp_holds
+    from opendlc.plugins.backends.htp_qdq import as_htp_holds
 
     t = TensorEncoding("w", "param", [Encoding(8, 0.1, -20, -2.0, 23.5)])  # zero point 20
     q = np.full((3, 4), 20, np.uint8)
@@ -159,6 +159,46 @@ def test_only_htp_containers_get_htp_weights_in_their_simulation():
         q = quantize(dlc.Container(model=skewed_weight_conv()), data, options, progress=False)
         weight = next(i for i in to_qdq_model(q).graph.initializer if i.name == "w__quantized")
         assert weight.data_type == stored, backend
+
+
+def test_the_target_backends_hook_is_what_rewrites_the_qdq_model(monkeypatch):
+    from tinymodels import skewed_weight_conv
+
+    import opendlc.quant.export as export
+    from opendlc.plugin_manager import Provided, Registry
+    from opendlc.targets import Backend
+
+    class Recording(Backend):  # a runtime that computes as onnxruntime's CPU does
+        def match_qdq_model(self, model, encodings):
+            calls.append((model, encodings))
+
+    def weight_type(model: onnx.ModelProto) -> int:
+        return next(i for i in model.graph.initializer if i.name == "w__quantized").data_type
+
+    data = samples(4, shape=(1, 256, 6, 6))
+    q = quantize(dlc.Container(model=skewed_weight_conv()), data, QuantizerOptions(), progress=False)
+    htp = to_qdq_model(q)
+    assert weight_type(htp) == onnx.TensorProto.INT8  # the HTP plugin's hook: held as int8 per channel
+    lower = quantize(
+        dlc.Container(model=skewed_weight_conv()),
+        data,
+        QuantizerOptions(target_backend="htp"),
+        progress=False,
+    )
+    assert to_qdq_model(lower).SerializeToString() == htp.SerializeToString()  # backend names fold case
+
+    calls: list = []
+    recording = Recording("HTP", "records its hook's calls", (8,), (8,), (8,), False, False, False)
+
+    class Plugins:
+        backends = Registry("backend", [Provided(recording, "test", "test")], casefold=True)
+
+    monkeypatch.setattr(export, "get_plugin_manager", lambda: Plugins)
+    plain = to_qdq_model(q)
+    assert len(calls) == 1 and calls[0][0] is plain and calls[0][1] is q.encodings  # once, on what it returns
+    assert weight_type(plain) == onnx.TensorProto.UINT8  # the HTP rewrite is the HTP plugin's, not export's
+    Plugins.backends = Registry("backend", [], casefold=True)  # a target no plugin registers: no error
+    assert to_qdq_model(q).SerializeToString() == plain.SerializeToString()
 
 
 def test_per_channel_weights_bias32_and_htp_constraints(net):

@@ -3,13 +3,18 @@
 onnxruntime runs it on the CPU as a simulation of the quantized model, and Qualcomm's QNN execution
 provider compiles it for HTP.  8-bit encodings use the standard ``ai.onnx`` Q/DQ ops; 4- and 16-bit ones
 use onnxruntime's ``com.microsoft`` Q/DQ ops, which take those integer types (as onnxruntime's own QNN
-tooling does).  Float fallback at 16 bits is simulated by a round trip through float16.  For an HTP
-container (the default target), an 8-bit weight of Conv/Gemm/MatMul is written as HTP holds it
-(:func:`as_htp_holds`), and the second input of a MatMul of two 16-bit activations is converted to 8
-bits (as the QNN EP does for HTP), so the CPU simulation computes what HTP computes.
+tooling does).  Float fallback at 16 bits is simulated by a round trip through float16.
+
+Where a runtime computes otherwise than onnxruntime's CPU would from the plain QDQ model, its backend
+says so: the model is handed to the container's target backend (recorded in the encodings; HTP when not
+recorded), whose :meth:`opendlc.targets.Backend.match_qdq_model` rewrites it in place (the HTP backend,
+for instance, writes 8-bit weights as HTP holds them and runs a MatMul of two 16-bit activations as 16 x
+8 bits).  A backend that is not registered leaves the plain QDQ model.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import onnx
@@ -18,9 +23,14 @@ from onnx import TensorProto, helper, numpy_helper
 from opendlc.container import Container
 from opendlc.encodings import EncodingSet, TensorEncoding
 from opendlc.errors import UsageError
-from opendlc.schemas import Encoding
+from opendlc.plugin_manager import get_plugin_manager
+
+log = logging.getLogger("opendlc.quant.export")
 
 MS_DOMAIN = "com.microsoft"
+# An activation's simulated (quantized-dequantized) value is named after it with this suffix, except for a
+# graph output, which keeps its name (its producer's output is renamed instead).
+DEQUANTIZED_SUFFIX = "__dq"
 
 _INT_TYPES = {
     (4, True): (TensorProto.INT4, np.int8),
@@ -33,14 +43,16 @@ _INT_TYPES = {
 }
 
 
-def _storage(t: TensorEncoding) -> tuple[int, type]:
+def storage_types(t: TensorEncoding) -> tuple[int, type]:
+    """The ONNX and numpy integer types an integer encoding's values are stored as."""
     e = t.encodings[0]
     signed = e.signed or e.offset > 0
     return _INT_TYPES[(e.bitwidth, signed if e.bitwidth != 32 else True)]
 
 
-def _scales_zps(t: TensorEncoding) -> tuple[np.ndarray, np.ndarray]:
-    _, np_type = _storage(t)
+def scales_zero_points(t: TensorEncoding) -> tuple[np.ndarray, np.ndarray]:
+    """The scale and zero point inputs of Q/DQ ops for an encoding (scalars when per tensor)."""
+    _, np_type = storage_types(t)
     scale = np.array([e.scale for e in t.encodings], dtype=np.float32)
     zp = np.array([-e.offset for e in t.encodings], dtype=np_type)
     if len(t.encodings) == 1:
@@ -50,8 +62,8 @@ def _scales_zps(t: TensorEncoding) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize_values(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
     """Integer values of a constant under its encoding (per channel along ``t.axis``)."""
-    _, np_type = _storage(t)
-    scale, zp = _scales_zps(t)
+    _, np_type = storage_types(t)
+    scale, zp = scales_zero_points(t)
     shape = [1] * values.ndim
     if scale.ndim:
         shape[t.axis if t.axis is not None else 0] = -1
@@ -65,61 +77,28 @@ def quantize_values(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
 def dequantized_values(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
     """What a constant becomes after quantize-dequantize under its encoding (float64)."""
     q = quantize_values(values, t).astype(np.float64)
-    scale, zp = _scales_zps(t)
+    scale, zp = scales_zero_points(t)
     shape = [1] * values.ndim
     if scale.ndim:
         shape[t.axis if t.axis is not None else 0] = -1
     return (q - zp.reshape(shape).astype(np.float64)) * scale.reshape(shape).astype(np.float64)
 
 
-# Ops whose input 1 is a weight that HTP holds as signed int8 per output channel (op -> channel axis;
-# None: the last axis).  Gemm's axis depends on transB (see _weight_axes).
-_HTP_WEIGHT_AXIS: dict[str, int | None] = {"Conv": 0, "Gemm": 0, "MatMul": None}
+def quantized_constant(
+    q: np.ndarray, t: TensorEncoding, q_name: str, scale_name: str, zero_point_name: str
+) -> tuple[TensorProto, TensorProto, TensorProto]:
+    """The initializers a constant's DequantizeLinear reads: its integers ``q``, scale and zero point.
 
-
-def _weight_axes(graph: onnx.GraphProto) -> dict[str, int | None]:
-    """Constant weights read only as input 1 of Conv/Gemm/MatMul, with their output-channel axis."""
-    axes: dict[str, int | None] = {}
-    other: set[str] = set()
-    for n in graph.node:
-        for i, name in enumerate(n.input):
-            if i != 1 or n.op_type not in _HTP_WEIGHT_AXIS:
-                other.add(name)
-                continue
-            axis = _HTP_WEIGHT_AXIS[n.op_type]
-            if n.op_type == "Gemm":
-                axis = 0 if any(a.name == "transB" and a.i for a in n.attribute) else 1
-            if name in axes and axes[name] != axis:
-                other.add(name)
-            axes[name] = axis
-    return {k: v for k, v in axes.items() if k not in other}
-
-
-def as_htp_holds(
-    q: np.ndarray, t: TensorEncoding, axis: int | None
-) -> tuple[np.ndarray, TensorEncoding] | None:
-    """An 8-bit weight as HTP holds it: signed int8 per output channel, or None if that changes nothing.
-
-    HTP computes with ``q - zero_point`` as int8.  Where an asymmetric per-tensor weight lies more than
-    127 steps from its zero point (a skewed weight range: zero point 20 leaves 235 steps above it), HTP
-    requantizes that output channel to a symmetric scale of ``max|q - zero_point| / 127`` and leaves the
-    other channels as they are (measured on the HTP emulator: one Conv of PP-OCR rec was 13 output steps
-    off on such a channel, and agrees within one step once the CPU simulation holds the weight this way).
+    A DequantizeLinear reading them needs ``axis=t.axis`` when ``t`` has more than one encoding.
     """
-    if t.dtype != "int" or len(t.encodings) != 1 or t.encodings[0].bitwidth != 8 or q.ndim < 2:
-        return None
-    e = t.encodings[0]
-    d = q.astype(np.int64) + e.offset  # q - zero point
-    if d.min(initial=0) >= -128 and d.max(initial=0) <= 127:
-        return None  # int8 as it is: HTP computes exactly this
-    axis = (q.ndim - 1) if axis is None else axis % q.ndim
-    others = tuple(i for i in range(q.ndim) if i != axis)
-    widest = np.abs(d).max(axis=others, keepdims=True)
-    wide = widest > 127
-    values = np.where(wide, np.rint(d * 127 / np.maximum(widest, 1)), d).astype(np.int8)
-    scales = e.scale * np.where(wide, widest / 127, 1.0).reshape(-1)
-    encs = [Encoding(8, float(s), 0, -128 * float(s), 127 * float(s), True, True) for s in scales]
-    return values, TensorEncoding(t.name, "param", encs, axis=axis, source=t.source)
+    onnx_type = storage_types(t)[0]
+    if t.encodings[0].bitwidth == 4:  # numpy has no 4-bit type: onnx's helper packs the values
+        values = helper.make_tensor(q_name, onnx_type, list(q.shape), q.reshape(-1).tolist())
+    else:
+        values = numpy_helper.from_array(q, q_name)
+    scale, zp = scales_zero_points(t)
+    zero_point = helper.make_tensor(zero_point_name, onnx_type, list(zp.shape), zp.reshape(-1).tolist())
+    return values, numpy_helper.from_array(scale, scale_name), zero_point
 
 
 def _needs_ms_domain(encodings: EncodingSet, opset: int) -> bool:
@@ -154,14 +133,14 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
     producer_out_rename: dict[str, str] = {}
 
     def qdq_nodes(src: str, dst: str, t: TensorEncoding) -> list[onnx.NodeProto]:
-        scale, zp = _scales_zps(t)
+        scale, zp = scales_zero_points(t)
         tag = dst.replace("/", "_")
         s_name, z_name = f"{tag}__scale", f"{tag}__zero_point"
         new_inits.append(numpy_helper.from_array(scale, s_name))
-        zp_t = numpy_helper.from_array(zp.astype(_storage(t)[1]), z_name)
-        zp_t.data_type = _storage(t)[0]
+        zp_t = numpy_helper.from_array(zp.astype(storage_types(t)[1]), z_name)
+        zp_t.data_type = storage_types(t)[0]
         if t.encodings[0].bitwidth == 4:  # 4-bit zero points are stored packed by onnx helpers
-            zp_t = helper.make_tensor(z_name, _storage(t)[0], list(zp.shape), zp.reshape(-1).tolist())
+            zp_t = helper.make_tensor(z_name, storage_types(t)[0], list(zp.shape), zp.reshape(-1).tolist())
         new_inits.append(zp_t)
         kw = {"axis": t.axis} if scale.ndim else {}
         return [
@@ -177,10 +156,6 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
         ]
 
     graph_inputs = {i.name for i in g.input}
-    # HTP's ways are simulated for HTP containers (and ones whose target is not recorded)
-    for_htp = (enc.meta or {}).get("quantizer", {}).get("target_backend", "HTP") == "HTP"
-    # per-axis DequantizeLinear needs opset 13
-    weight_axes = _weight_axes(g) if opset >= 13 and for_htp else {}
     for name, t in enc.tensors.items():
         if t.dtype == "float" and (t.float_bitwidth or 32) == 32:
             continue
@@ -191,23 +166,13 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
                     numpy_helper.from_array(values.astype(np.float16).astype(np.float32), name)
                 )
                 continue
-            qvals = quantize_values(values, t)
-            if name in weight_axes:  # the CPU simulation computes with the weight HTP computes with
-                qvals, t = as_htp_holds(qvals, t, weight_axes[name]) or (qvals, t)
-            q_name = f"{name}__quantized"
-            if t.encodings[0].bitwidth == 4:
-                qt = helper.make_tensor(q_name, _storage(t)[0], list(qvals.shape), qvals.reshape(-1).tolist())
-            else:
-                qt = numpy_helper.from_array(qvals, q_name)
-            new_inits.append(qt)
-            scale, zp = _scales_zps(t)
-            tag = name.replace("/", "_")
-            new_inits.append(numpy_helper.from_array(scale, f"{tag}__scale"))
-            zp_t = helper.make_tensor(
-                f"{tag}__zero_point", _storage(t)[0], list(zp.shape), zp.reshape(-1).tolist()
+            q_name, tag = f"{name}__quantized", name.replace("/", "_")
+            new_inits.extend(
+                quantized_constant(
+                    quantize_values(values, t), t, q_name, f"{tag}__scale", f"{tag}__zero_point"
+                )
             )
-            new_inits.append(zp_t)
-            kw = {"axis": t.axis} if scale.ndim else {}
+            kw = {"axis": t.axis} if len(t.encodings) > 1 else {}
             head.append(
                 helper.make_node(
                     "DequantizeLinear",
@@ -223,14 +188,14 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
             continue
         make = (lambda s, d, t=t: qdq_nodes(s, d, t)) if t.dtype == "int" else fp16_nodes
         if name in graph_inputs:
-            rename[name] = f"{name}__dq"
-            head.extend(make(name, f"{name}__dq"))
+            rename[name] = name + DEQUANTIZED_SUFFIX
+            head.extend(make(name, name + DEQUANTIZED_SUFFIX))
         elif name in outputs:
             producer_out_rename[name] = f"{name}__float"
             new_nodes_after[name] = make(f"{name}__float", name)
         else:
-            rename[name] = f"{name}__dq"
-            new_nodes_after[name] = make(name, f"{name}__dq")
+            rename[name] = name + DEQUANTIZED_SUFFIX
+            new_nodes_after[name] = make(name, name + DEQUANTIZED_SUFFIX)
 
     nodes: list[onnx.NodeProto] = list(head)
     for node in g.node:
@@ -248,67 +213,15 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    if for_htp:
-        _eight_bit_second_operands(model, enc)
+    _match_target_backend(model, enc)
     return model
 
 
-def _eight_bit_second_operands(model: onnx.ModelProto, enc: EncodingSet) -> int:
-    """Quantize the second input of a MatMul of two 16-bit activations to 8 bits over the same range.
-
-    HTP multiplies two activations as 16 x 8 bits: the QNN EP converts the second one (measured on the
-    emulator: PP-OCR rec W8A16's attention MatMuls are then within about one 16-bit step of the CPU on
-    average, instead of 40-80).  The CPU simulation quantizes it the same way, so both compute the same.
-    Where that tensor feeds only this MatMul its own Q/DQ pair becomes 8-bit (HTP's lowering then
-    converts before a data-movement op that produced it); otherwise an 8-bit pair is added.
-    """
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    outputs = {o.name for o in g.output}
-    pending: dict[int, list[onnx.NodeProto]] = {}
-    changed = 0
-
-    def encoding(name: str) -> TensorEncoding | None:
-        t = enc.tensors.get(name.removesuffix("__dq"))
-        return t if t is not None and t.kind == "activation" and t.dtype == "int" else None
-
-    for index, node in enumerate(g.node):
-        if node.op_type != "MatMul" or len(node.input) != 2:
-            continue
-        a, b = encoding(node.input[0]), encoding(node.input[1])
-        if a is None or b is None or len(a.encodings) != 1 or len(b.encodings) != 1:
-            continue
-        e = b.encodings[0]
-        if a.encodings[0].bitwidth != 16 or e.bitwidth != 16 or e.signed or e.offset > 0:
-            continue
-        tag = f"{node.input[1]}__as_8bit_{index}".replace("/", "_")
-        scale = np.array(e.scale * 257.0, np.float32)  # the same range: (2^16 - 1) / (2^8 - 1) = 257
-        zero_point = np.array(min(max(round(-e.offset / 257.0), 0), 255), np.uint8)
-        g.initializer.extend(
-            [numpy_helper.from_array(scale, f"{tag}_scale"), numpy_helper.from_array(zero_point, f"{tag}_zp")]
-        )
-        q_args = [f"{tag}_scale", f"{tag}_zp"]
-        dq = producer.get(node.input[1])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        alone = readers.get(node.input[1]) == 1 and node.input[1] not in outputs
-        if q is not None and q.op_type == "QuantizeLinear" and readers.get(q.output[0]) == 1 and alone:
-            for pair in (q, dq):
-                pair.input[1], pair.input[2] = q_args
-                pair.domain = ""
-        else:
-            src = node.input[1]
-            pending[index] = [
-                helper.make_node("QuantizeLinear", [src, *q_args], [f"{tag}_q"]),
-                helper.make_node("DequantizeLinear", [f"{tag}_q", *q_args], [tag]),
-            ]
-            node.input[1] = tag
-        changed += 1
-    if pending:
-        nodes = [m for i, n in enumerate(g.node) for m in (*pending.get(i, []), n)]
-        del g.node[:]
-        g.node.extend(nodes)
-    return changed
+def _match_target_backend(model: onnx.ModelProto, encodings: EncodingSet) -> None:
+    """Let the container's target backend make the CPU simulation compute what its runtime computes."""
+    name = (encodings.meta or {}).get("quantizer", {}).get("target_backend", "HTP")
+    backends = get_plugin_manager().backends
+    if name not in backends:
+        log.debug("target backend %r is not registered: the QDQ model is left as quantized", name)
+        return
+    backends.get(name).match_qdq_model(model, encodings)

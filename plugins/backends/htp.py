@@ -9,6 +9,10 @@ Constraints (from QNN HTP's operator definitions, as onnxruntime's QNN quantizat
 - with 16-bit activations, a Conv/Gemm/MatMul's requantization multiplier (input scale x weight scale /
   output scale) is at least 2^-24: below that HTP outputs garbage (measured on the HTP emulator: the
   lowest integer), so the weight scale of such a channel (weights all about zero) is widened.
+
+Its arithmetic differs from onnxruntime CPU's on a QDQ model, so the CPU simulation of an HTP container is
+rewritten to match (:mod:`opendlc.plugins.backends.htp_qdq`): 8-bit Conv/Gemm/MatMul weights are held as
+HTP holds them (signed int8 per output channel), and a MatMul of two 16-bit activations runs as 16 x 8 bits.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import onnx
 
 from opendlc.encodings import EncodingSet
 from opendlc.hookspecs import hookimpl
+from opendlc.plugins.backends.htp_qdq import eight_bit_second_operands, hold_weights_as_htp
 from opendlc.quant.constraints import (
     fixed_output,
     share_concat_encoding,
@@ -128,6 +133,14 @@ class HtpBackend(Backend):
             if n:
                 log.info("HTP constraints: %d encodings %s", n, what)
         return encodings
+
+    def match_qdq_model(self, model: onnx.ModelProto, encodings: Any) -> None:
+        assert isinstance(encodings, EncodingSet)
+        weights = hold_weights_as_htp(model, encodings)
+        matmuls = eight_bit_second_operands(model, encodings)
+        log.debug(
+            "HTP arithmetic in the QDQ model: %d weights held as int8, %d MatMuls 16 x 8", weights, matmuls
+        )
 
 
 @hookimpl
