@@ -186,16 +186,23 @@ def float_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
 def opendlc_equalized_float(
     model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]
 ) -> tuple[onnx.ModelProto, int, int]:
-    """The float model ``cle`` hands to calibration (normalised, as the quantizer does first, then
-    equalized with the quantizer's first calibration inputs), the number of convolution pairs
-    equalized and the number of pairs a bias was absorbed across."""
+    """The float model ``cle`` hands to calibration with the SDK's default 8-bit biases (normalised, as
+    the quantizer does first, then equalized with the quantizer's first calibration inputs and its bias
+    grid), the number of convolution pairs equalized and the number of pairs a bias was absorbed
+    across."""
     from itertools import islice
 
     from opendlc.algorithms import RETAINED_SAMPLES
     from opendlc.graph.equalize import equalize
     from opendlc.graph.normalize import normalize
+    from opendlc.plugins.algorithms.cle import bias_grid
+    from opendlc.quant.options import QuantizerOptions
 
-    result = equalize(normalize(model).model, samples=list(islice(calibration, RETAINED_SAMPLES)))
+    result = equalize(
+        normalize(model).model,
+        samples=list(islice(calibration, RETAINED_SAMPLES)),
+        bias_grid=bias_grid(QuantizerOptions(bias_bitwidth=8)),
+    )
     return result.model, len(result.pairs), len(result.absorbed)
 
 

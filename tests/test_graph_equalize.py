@@ -280,13 +280,15 @@ def test_ppocr_cls_float_outputs_are_kept(ppocr, normalized_first):
     m = set_input_shapes(onnx.load(ppocr("cls")), {"x": list(shape)})
     source = normalize(m).model if normalized_first else m
     chooser = [{"x": x} for x in realmodels.image_crops(shape, 8, seed=6)]  # chooses plain-pair amounts
-    result = equalize(source, samples=chooser, center_plain_pairs=True)
+    grid = sdk_bias_grid()  # and the biases go on the SDK's default 8-bit bias grid
+    result = equalize(source, samples=chooser, center_plain_pairs=True, bias_grid=grid)
     # as shipped, the SE blocks' conv biases are Reshape(Constant) nodes: only normalize()'s constant
     # folding makes them parameters, and those convs pairs.  Hard-swish chains are never pairs.
     assert len(result.pairs) == (15 if normalized_first else 6), result.report
     assert "BatchNormalization" not in op_types(result.model)
     if normalized_first:  # a plain projection -> expansion pair, and one proven across a Relu
         assert {a.second for a in result.absorbed} == {"Conv@6", "Conv@8"}, result.absorbed
+    assert result.snapped and all(s.error_after < s.error_before for s in result.snapped)
     data = [{"x": x} for x in realmodels.image_crops(shape, 4, seed=5)]  # other crops than the chooser
     assert relative_error(outputs_over(m, data), outputs_over(result.model, data)) < 1e-4
 
@@ -426,3 +428,70 @@ def test_quantizer_gives_cle_a_few_samples_and_still_calibrates_on_all_of_a_stre
     q = quantize(Container(m), iter(data), QuantizerOptions(apply_algorithms=["cle"]), progress=False)
     assert q.encodings.meta["samples"] == 10
     assert any("absorbed high biases across 1 of 1" in line for line in q.encodings.meta["normalization"])
+
+
+# ---- biases on the bias grid -------------------------------------------------------------------------
+def sdk_bias_grid():
+    """The quantizer's quantize-dequantize of a bias with the SDK's default 8-bit bias encoding."""
+    from opendlc.plugins.algorithms.cle import bias_grid
+    from opendlc.quant.options import QuantizerOptions
+
+    return bias_grid(QuantizerOptions(bias_bitwidth=8))
+
+
+def param(m: onnx.ModelProto, node: str, index: int) -> np.ndarray:
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return inits[next(n for n in m.graph.node if n.name == node).input[index]]
+
+
+@pytest.mark.parametrize("activation", ["Relu", "PRelu", None])
+def test_equalized_biases_go_on_the_bias_grid_exactly(activation):
+    from opendlc.graph.bias_grid import rounding_error
+
+    m = unbalanced_pair(activation)
+    grid = sdk_bias_grid()
+    plain = equalize(m, absorb_biases=False)
+    snapped = equalize(m, absorb_biases=False, bias_grid=grid)
+    data = samples()
+    assert relative_error(outputs_over(m, data), outputs_over(snapped.model, data)) < 1e-5
+    b_plain, b_snapped = param(plain.model, "conv1", 2), param(snapped.model, "conv1", 2)
+    assert [s.first for s in snapped.snapped] == ["conv1"] and snapped.snapped[0].channels >= 4
+    assert rounding_error(b_snapped, grid) < 0.5 * rounding_error(b_plain, grid)
+    # every rescaled channel lies on the grid (the extremes that set the grid may stay off it)
+    f = b_plain.astype(np.float64) / b_snapped
+    moved = f != 1
+    off = np.abs(grid(b_snapped.astype(np.float64)) - b_snapped)
+    assert np.all(off[moved] < 1e-5 * np.ptp(b_snapped)), off
+    # each channel left the balance by at most 5%, and no weight tensor's range grew
+    assert np.all(np.abs(np.log(f)) <= np.log(1.05) + 1e-6)
+    for node in ("conv1", "conv2"):
+        w_plain, w_snapped = param(plain.model, node, 1), param(snapped.model, node, 1)
+        assert w_snapped.max() <= w_plain.max() * (1 + 1e-6) and w_snapped.min() >= w_plain.min() * (1 + 1e-6)
+
+
+def test_grid_factors_stay_within_their_limits():
+    from opendlc.graph.bias_grid import grid_factors
+
+    bias = RNG.standard_normal(16) * 3
+    grid = sdk_bias_grid()
+    assert np.all(grid_factors(bias, grid, np.ones(16), np.ones(16)) == 1)  # no room: nothing moves
+    lower, upper = np.full(16, 0.99), np.full(16, 1.01)
+    f = grid_factors(bias, grid, lower, upper)
+    assert np.all((f == 1) | ((f >= 0.99) & (f <= 1.01))) and np.any(f != 1)
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_cle_uses_the_bias_grid_only_for_narrow_biases(bits):
+    from opendlc.plugin_manager import get_plugin_manager
+    from opendlc.quant.options import QuantizerOptions
+
+    m = unbalanced_pair("Relu")
+    report: list[str] = []
+    context = {"options": QuantizerOptions(bias_bitwidth=bits), "report": report}
+    out = get_plugin_manager().algorithms.get("cle").apply(m, context)
+    on_grid = any("on the bias grid" in line for line in report)
+    assert on_grid == (bits == 8), report
+    unchanged = param(out, "conv1", 2) == param(equalize(m).model, "conv1", 2)
+    assert bool(np.all(unchanged)) == (bits == 32)
+    data = samples()
+    assert relative_error(outputs_over(m, data), outputs_over(out, data)) < 1e-5

@@ -165,8 +165,7 @@ def bias_encoding(
             encs = [encode_range(_value_stats(v, m), m, sch, bw, q.calibration) for v in values.reshape(-1)]
             own = TensorEncoding(use.name, "param", encs, axis=0, source="calibration")
         else:
-            enc = encode_range(_value_stats(values, m), m, sch, bw, q.calibration)
-            own = TensorEncoding(use.name, "param", [enc], source="calibration")
+            own = TensorEncoding(use.name, "param", [own_bias_encoding(values, q)], source="calibration")
         if integer_op:  # HTP still adds this bias as int32 at input x weight scale (see below)
             assert act is not None and weight is not None
             weight = _fit_int32_bias(use, _dequantized(values, own), act.encodings[0].scale, weight)
@@ -184,6 +183,14 @@ def bias_encoding(
     return TensorEncoding(
         use.name, "param", encs, axis=0 if len(encs) > 1 else None, source="calibration"
     ), weight
+
+
+def own_bias_encoding(values: np.ndarray, q: Quantizers) -> Encoding:
+    """The per-tensor encoding a bias gets from its own values when biases are not 32-bit integers at
+    input x weight scale (``--bias_bitwidth 8``, the SDK's default): its range by the parameter
+    calibration method, turned into scale/offset by the parameter schema."""
+    m = q.param_method
+    return encode_range(_value_stats(values, m), m, q.param_schema, q.options.bias_bitwidth, q.calibration)
 
 
 def _dequantized(values: np.ndarray, t: TensorEncoding) -> np.ndarray:
