@@ -60,7 +60,8 @@ def test_documented_command_runs_as_written(line, digits):
     argv = shlex.split(line)
     r = run(*argv[1:], prog=argv[0], cwd=digits) if argv[0] != "opendlc" else run(*argv[1:], cwd=digits)
     assert r.returncode == 0, r.stderr
-    assert "error" not in r.stderr
+    # the runner's error lines and tracebacks (log lines may mention a rounding error)
+    assert ": error:" not in r.stderr and "Traceback" not in r.stderr
     for out in _outputs_of(argv, digits):
         c = dlc.load(out)
         assert c.quantized and len(c.encodings) > 0
