@@ -132,7 +132,7 @@ def equalize(
         after = sum(s.error_after for s in snapped)
         report.append(
             f"put {sum(s.channels for s in snapped)} biases of {len(snapped)} pairs on the bias grid "
-            f"(their squared rounding error {before:.3g} -> {after:.3g})"
+            f"(sum of their squared rounding offsets {before:.3g} -> {after:.3g})"
         )
     view.prune()
     return Equalized(out, pairs, iterations, report, absorbed, snapped)
