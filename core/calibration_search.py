@@ -13,8 +13,9 @@ a function of the (mergeable) statistics alone.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -25,12 +26,14 @@ from opendlc.schemas import QuantizationSchema
 
 __all__ = [
     "CandidateGrids",
+    "GridBatch",
     "Intervals",
     "expected_noise",
     "kl_divergence",
     "minimum_noise_range",
     "quantile",
     "search_range",
+    "search_ranges",
     "shrink_factors",
     "trivial_range",
 ]
@@ -407,6 +410,76 @@ def shrink_factors(smallest: float = 2.0**-12, ratio: float = 2.0) -> np.ndarray
 Cost = Callable[[CandidateGrids], np.ndarray]
 
 
+@dataclass(frozen=True)
+class GridBatch:
+    """Candidate grids of several tensors at once: the ``i``-th tensor of the batch is number
+    ``tensors[i]`` of the searched list and owns rows ``starts[i]:starts[i + 1]`` of ``grids``."""
+
+    grids: CandidateGrids
+    starts: np.ndarray  # (len(tensors) + 1,) row offsets
+    tensors: np.ndarray
+
+    def rows(self, i: int) -> CandidateGrids:
+        """Tensor ``i``'s candidates alone."""
+        s, e = int(self.starts[i]), int(self.starts[i + 1])
+        g = self.grids
+        return CandidateGrids(g.lo[s:e], g.hi[s:e], g.scale[s:e], g.first[s:e], g.last[s:e])
+
+
+BatchCost = Callable[[GridBatch], np.ndarray]
+
+# Local refinement steps (ratio, candidates each side) after the octave sweeps.
+_REFINE_1D = ((2.0**0.25, 3), (2.0**0.0625, 2), (2.0**0.015625, 2))
+_REFINE_2D = ((2.0**0.25, 2), (2.0**0.0625, 2), (2.0**0.015625, 1))
+
+
+@functools.cache
+def _powers(ratio: float, n: int) -> np.ndarray:
+    powers = ratio ** np.arange(n, -n - 1, -1, dtype=np.float64)
+    powers.flags.writeable = False
+    return powers
+
+
+def _around(x: float, ratio: float, n: int) -> np.ndarray:  # x * ratio^k, |k| <= n, widest first
+    return np.minimum(x * _powers(ratio, n), 1.0)
+
+
+# A search proposes factor pairs (a, b) -- candidate range [lo0 * a, hi0 * b] -- and is sent the cost of
+# each; it returns the chosen pair.  Written as a generator so that many tensors' searches can run in
+# lockstep, their candidates encoded and scored together.
+_Search = Generator[tuple[np.ndarray, np.ndarray], np.ndarray, tuple[float, float]]
+
+
+def _search_factors(one_factor: bool, coarse: np.ndarray) -> _Search:
+    """Candidates shrink the observed range towards zero: both ends by one factor (``one_factor``),
+    each end by its own otherwise (coordinate sweeps over ``coarse``, then local refinement).  Ties
+    keep the first candidate, which is the widest."""
+    c = yield coarse, coarse
+    f = float(coarse[int(np.argmin(c))])
+    if one_factor:
+        for ratio, n in _REFINE_1D:  # between coarse neighbours
+            k = _around(f, ratio, n)
+            c = yield k, k
+            f = float(k[int(np.argmin(c))])
+        return f, f
+    # Coordinate sweeps from the best joint shrink (the two clipping costs interact only through the
+    # step), then local 2-D refinement.
+    a = b = f
+    ones = np.ones_like(coarse)
+    for _ in range(2):
+        c = yield a * ones, coarse
+        b = float(coarse[int(np.argmin(c))])
+        c = yield coarse, b * ones
+        a = float(coarse[int(np.argmin(c))])
+    for ratio, n in _REFINE_2D:
+        ka, kb = _around(a, ratio, n), _around(b, ratio, n)
+        pa, pb = np.repeat(ka, kb.size), np.tile(kb, ka.size)  # the (ka x kb) grid, row-major
+        c = yield pa, pb
+        i = int(np.argmin(c))
+        a, b = float(pa[i]), float(pb[i])
+    return a, b
+
+
 def search_range(
     stats: TensorStats,
     schema: QuantizationSchema,
@@ -423,55 +496,58 @@ def search_range(
     octaves by default, then local refinement in 1/4, 1/16 and 1/64 octave steps).  Ties keep the
     wider range, so the result is a pure function of the statistics.
     """
-    trivial = trivial_range(stats)
-    if trivial is not None:
-        return trivial
-    lo0, hi0 = min(stats.min, 0.0), max(stats.max, 0.0)
+    return search_ranges(
+        [stats], schema, bitwidth, lambda batch: cost(batch.grids), steps=steps, factors=factors
+    )[0]
+
+
+def search_ranges(
+    stats: Sequence[TensorStats],
+    schema: QuantizationSchema,
+    bitwidth: int,
+    cost: BatchCost,
+    *,
+    steps: tuple[int, int] | None = None,
+    factors: np.ndarray | None = None,
+) -> list[tuple[float, float]]:
+    """:func:`search_range` of many tensors, run in lockstep: each round the schema encodes every
+    tensor's candidates in one call and ``cost`` scores them all at once (a :class:`GridBatch`).  Each
+    tensor's candidates, and so its result, are exactly those of :func:`search_range`."""
     coarse = shrink_factors() if factors is None else np.asarray(factors, dtype=np.float64)
-
-    seen: dict[tuple[float, float], float] = {}  # sweeps revisit pairs once they converge
-
-    def score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        pairs = list(zip(a.tolist(), b.tolist(), strict=True))
-        new = list(dict.fromkeys(p for p in pairs if p not in seen))
-        if new:
-            na, nb = np.array(new).T
-            grids = CandidateGrids.from_ranges(schema, bitwidth, lo0 * na, hi0 * nb, steps=steps)
-            seen.update(zip(new, np.asarray(cost(grids), dtype=np.float64).tolist(), strict=True))
-        return np.array([seen[p] for p in pairs])
-
-    def best(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
-        c = score(a, b)
-        i = int(np.argmin(c))  # first minimum: candidates come widest first
-        return i, float(c[i])
-
-    def around(x: float, ratio: float, n: int) -> np.ndarray:  # x * ratio^k, |k| <= n, widest first
-        return np.minimum(x * ratio ** np.arange(n, -n - 1, -1, dtype=np.float64), 1.0)
-
-    if schema.symmetric or lo0 == 0.0 or hi0 == 0.0:
-        i, _ = best(coarse, coarse)
-        f = float(coarse[i])
-        for ratio, n in ((2.0**0.25, 3), (2.0**0.0625, 2), (2.0**0.015625, 2)):  # between coarse neighbours
-            k = around(f, ratio, n)
-            j, _ = best(k, k)
-            f = float(k[j])
-        return lo0 * f, hi0 * f
-
-    ones = np.ones_like(coarse)
-    # Coordinate sweeps from the best joint shrink (the two clipping costs interact only through the
-    # step), then local 2-D refinement.
-    i, _ = best(coarse, coarse)
-    a = b = float(coarse[i])
-    for _ in range(2):
-        i, _ = best(a * ones, coarse)
-        b = float(coarse[i])
-        i, _ = best(coarse, b * ones)
-        a = float(coarse[i])
-    for ratio, n in ((2.0**0.25, 2), (2.0**0.0625, 2), (2.0**0.015625, 1)):
-        ka, kb = np.meshgrid(around(a, ratio, n), around(b, ratio, n), indexing="ij")
-        i, _ = best(ka.ravel(), kb.ravel())
-        a, b = float(ka.ravel()[i]), float(kb.ravel()[i])
-    return lo0 * a, hi0 * b
+    results: list[tuple[float, float] | None] = [trivial_range(s) for s in stats]
+    ends = [(min(s.min, 0.0), max(s.max, 0.0)) for s in stats]
+    live = {
+        i: _search_factors(schema.symmetric or ends[i][0] == 0.0 or ends[i][1] == 0.0, coarse)
+        for i, r in enumerate(results)
+        if r is None
+    }
+    asks = {i: next(g) for i, g in live.items()}
+    seen: dict[int, dict[tuple[float, float], float]] = {i: {} for i in live}  # sweeps revisit pairs
+    while asks:
+        order = list(asks)
+        pairs = {i: list(zip(asks[i][0].tolist(), asks[i][1].tolist(), strict=True)) for i in order}
+        new = {i: list(dict.fromkeys(p for p in pairs[i] if p not in seen[i])) for i in order}
+        scored = [i for i in order if new[i]]
+        if scored:
+            counts = [len(new[i]) for i in scored]
+            fa, fb = np.array([p for i in scored for p in new[i]], dtype=np.float64).reshape(-1, 2).T
+            owner = np.repeat(np.arange(len(scored)), counts)
+            lo0 = np.array([ends[i][0] for i in scored])[owner]
+            hi0 = np.array([ends[i][1] for i in scored])[owner]
+            grids = CandidateGrids.from_ranges(schema, bitwidth, lo0 * fa, hi0 * fb, steps=steps)
+            starts = np.concatenate(([0], np.cumsum(counts)))
+            costs = np.asarray(cost(GridBatch(grids, starts, np.array(scored))), dtype=np.float64).tolist()
+            for k, i in enumerate(scored):
+                seen[i].update(zip(new[i], costs[starts[k] : starts[k + 1]], strict=True))
+        for i in order:
+            memo = seen[i]
+            try:
+                asks[i] = live[i].send(np.array([memo[p] for p in pairs[i]]))
+            except StopIteration as done:
+                a, b = done.value
+                results[i] = (ends[i][0] * a, ends[i][1] * b)
+                del asks[i]
+    return [r for r in results if r is not None]  # all are set by now
 
 
 def minimum_noise_range(
