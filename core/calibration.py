@@ -8,6 +8,7 @@ scale/offset.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opendlc.observers import TensorStats
@@ -37,3 +38,15 @@ class CalibrationMethod(ABC):
         self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
     ) -> tuple[float, float]:
         """The (min, max) range to encode, given the collected statistics."""
+
+    def choose_ranges(
+        self,
+        stats: Sequence[TensorStats],
+        *,
+        bitwidth: int,
+        schema: QuantizationSchema,
+        options: CalibrationOptions,
+    ) -> list[tuple[float, float]]:
+        """:meth:`choose_range` of many tensors (same bitwidth, schema and options).  Methods that
+        search may override it to work on all tensors at once; the ranges must be the same."""
+        return [self.choose_range(s, bitwidth=bitwidth, schema=schema, options=options) for s in stats]

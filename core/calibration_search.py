@@ -14,6 +14,7 @@ a function of the (mergeable) statistics alone.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ __all__ = [
     "expected_noise",
     "kl_divergence",
     "minimum_noise_range",
+    "minimum_noise_ranges",
+    "NoiseOfMany",
     "quantile",
     "search_range",
     "search_ranges",
@@ -248,6 +251,11 @@ def _prefix_moments(iv: Intervals, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
         j = np.clip(np.nan_to_num(j), 0, table.shape[1] - 1).astype(np.intp)
     else:
         j = np.maximum(np.searchsorted(table[0], x, side="left") - 1, 0)  # last row starting below x
+    return _moments_at(table, j, x)
+
+
+def _moments_at(table: np.ndarray, j: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_prefix_moments` given the moment-table row ``j`` of each ``x``."""
     a, inv_w, n, before0, before1, before2 = (np.take(column, j) for column in table)
     with np.errstate(invalid="ignore"):  # 0 * inf where x sits on a point mass: not below x
         part = n * np.where(x > a, np.minimum((x - a) * inv_w, 1.0), 0.0)
@@ -299,6 +307,245 @@ def _noise_by_edges(iv: Intervals, g: CandidateGrids, clip_weight: float) -> np.
         e2 = (tp - q) ** 2 * np.where((tp < lo) | (tp > hi), clip_weight, 1.0)
         out += g.scale**2 * (e2 @ iv.count[point])
     return np.maximum(out, 0.0)
+
+
+# ---- many tensors at once -------------------------------------------------------------------------
+# The batched evaluations below give every candidate exactly the number the per-tensor functions give:
+# element-wise steps are the same operations on the same operands (IEEE arithmetic does not care which
+# array an element sits in), and every reduction (row sums, each tensor's matrix-vector products) runs
+# on the same rows in the same order as it does per tensor.
+
+
+class _Packed:
+    """Per-tensor 1-D arrays (one or more fields of equal length per tensor) laid end to end, so that
+    one gather serves many tensors.  A tensor is packed on first use."""
+
+    def __init__(self, fields: Callable[[int], Sequence[np.ndarray]]) -> None:
+        self._fields = fields
+        self._offset: dict[int, int] = {}
+        self._size: dict[int, int] = {}
+        self._parts: list[Sequence[np.ndarray]] = []
+        self.flat: list[np.ndarray] = []
+
+    def locate(self, tensors: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and sizes of ``tensors`` in :attr:`flat`."""
+        missing = [t for t in dict.fromkeys(tensors) if t not in self._offset]
+        if missing:
+            end = sum(self._size.values())
+            for t in missing:
+                part = self._fields(t)
+                self._offset[t], self._size[t] = end, int(part[0].size)
+                end += int(part[0].size)
+                self._parts.append(part)
+            self.flat = [np.concatenate(f) for f in zip(*self._parts, strict=True)]
+        return (
+            np.array([self._offset[t] for t in tensors], dtype=np.intp),
+            np.array([self._size[t] for t in tensors], dtype=np.intp),
+        )
+
+
+def _expand(sizes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row r stands for elements ``offsets[r] : offsets[r] + sizes[r]`` of a packed array: the row of
+    each element (row-major), its index in the packed array, and where each row starts."""
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    row = np.repeat(np.arange(sizes.size), sizes)
+    return row, offsets[row] + (np.arange(starts[-1]) - starts[:-1][row]), starts
+
+
+def _runs(owner: np.ndarray) -> list[tuple[int, int]]:
+    """The (start, stop) of each run of equal values in ``owner``."""
+    cuts = np.flatnonzero(owner[1:] != owner[:-1]) + 1
+    bounds = [0, *cuts.tolist(), owner.size]
+    return list(itertools.pairwise(bounds))
+
+
+CELL_CHUNK = 8192  # grid cells evaluated at once by NoiseOfMany (rows x levels)
+
+
+class NoiseOfMany:
+    """:func:`expected_noise` of many tensors' candidates at once (a :data:`BatchCost` for
+    :func:`search_ranges`): ``intervals[i]`` is the histogram of the ``i``-th searched tensor.  Gives
+    each candidate exactly the number :func:`expected_noise` (``method="auto"``) gives it."""
+
+    def __init__(self, intervals: Sequence[Intervals], *, clip_weight: float = 1.0) -> None:
+        self.intervals = intervals
+        self.clip_weight = clip_weight
+        self._cells = _Packed(lambda t: list(self.intervals[t].moment_table))
+        self._cell_totals: dict[int, tuple[np.ndarray, ...]] = {}
+        self._cum = _Packed(lambda t: self.intervals[t].edge_moments)
+        self._edges = _Packed(lambda t: [self.intervals[t].edge_weights[0]])
+        self._points = _Packed(lambda t: self._point_masses(t))
+        self._scratch = np.empty(0)
+
+    def _point_masses(self, t: int) -> list[np.ndarray]:
+        iv = self.intervals[t]
+        point = iv.width <= 0
+        return [iv.left[point], iv.count[point]]
+
+    def __call__(self, batch: GridBatch) -> np.ndarray:
+        g, starts = batch.grids, batch.starts
+        out = np.zeros(len(g))
+        if len(g) == 0:
+            return out
+        span = g.last - g.first
+        first_span = span[starts[:-1]]
+        uniform = (np.minimum.reduceat(span, starts[:-1]) == first_span) & (
+            np.maximum.reduceat(span, starts[:-1]) == first_span
+        )
+        cells: dict[int, list[int]] = {}
+        edges: list[int] = []
+        for k, t in enumerate(batch.tensors.tolist()):
+            iv = self.intervals[t]
+            if iv.count.size == 0:
+                continue  # no values: no noise
+            levels = int(first_span[k]) + 1
+            if uniform[k] and 4 * (levels + 1) <= iv.count.size:
+                if iv.bin_index is None or iv.bin_width is None:  # no arithmetic lookup: per tensor
+                    s, e = int(starts[k]), int(starts[k + 1])
+                    out[s:e] = expected_noise(iv, batch.rows(k), clip_weight=self.clip_weight)
+                else:
+                    cells.setdefault(levels, []).append(k)
+            else:
+                edges.append(k)
+        for levels, ks in cells.items():
+            rows, owner = self._rows(batch, ks)
+            tensors = [int(batch.tensors[k]) for k in ks]
+            # in chunks of rows: (rows x levels) temporaries that stay in cache are faster than big ones
+            chunk = max(1, CELL_CHUNK // (levels + 1))
+            for c in range(0, rows.size, chunk):
+                part = rows[c : c + chunk]
+                out[part] = self._by_cells(g, part, owner[c : c + chunk], tensors, levels)
+        if edges:
+            rows, owner = self._rows(batch, edges)
+            out[rows] = self._by_edges(g, rows, owner, [int(batch.tensors[k]) for k in edges])
+        return out
+
+    @staticmethod
+    def _rows(batch: GridBatch, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate rows of the batch's tensors ``ks`` and, for each, its position in ``ks``."""
+        pos = np.asarray(ks, dtype=np.intp)
+        sizes = batch.starts[pos + 1] - batch.starts[pos]
+        owner, rows, _ = _expand(sizes, batch.starts[pos].astype(np.intp))
+        return rows, owner
+
+    def _by_cells(
+        self, g: CandidateGrids, rows: np.ndarray, owner: np.ndarray, tensors: list[int], levels: int
+    ) -> np.ndarray:
+        # _noise_by_cells and _prefix_moments, row by row
+        offset, size = self._cells.locate(tensors)
+        table = self._cells.flat
+        for t in tensors:
+            if t not in self._cell_totals:
+                self._cell_totals[t] = _prefix_moments(self.intervals[t], np.array([[np.inf]]))
+        inv_width = np.array([1.0 / self.intervals[t].bin_width for t in tensors])[owner, None]
+        below = np.array([self.intervals[t].bin_index[0] - 1 for t in tensors], dtype=np.float64)[owner, None]
+        totals = [np.array([self._cell_totals[t][m][0, 0] for t in tensors])[owner, None] for m in range(3)]
+        first, last = g.first[rows], g.last[rows]
+        scale = g.scale[rows, None]
+        k = np.arange(levels + 1, dtype=np.float64)[None, :]
+        pos = first[:, None] + k - 0.5
+        pos[:, 0] = first
+        pos[:, -1] = last
+        x = pos * scale
+        j = np.floor(x * inv_width) - below
+        j = np.clip(np.nan_to_num(j), 0, (size - 1)[owner, None]).astype(np.intp) + offset[owner, None]
+        s0, s1, s2 = _moments_at(table, j, x)
+        zero = np.zeros((rows.size, 1))
+        d0 = np.diff(np.concatenate([zero, s0, totals[0] + zero], axis=1), axis=1)
+        d1 = np.diff(np.concatenate([zero, s1, totals[1] + zero], axis=1), axis=1)
+        d2 = np.diff(np.concatenate([zero, s2, totals[2] + zero], axis=1), axis=1)
+        target = np.concatenate([first[:, None], first[:, None] + k[:, :-1], last[:, None]], axis=1)
+        target = target * scale
+        err = np.maximum(d2 - 2.0 * target * d1 + target * target * d0, 0.0)
+        err[:, 0] *= self.clip_weight
+        err[:, -1] *= self.clip_weight
+        return err.sum(axis=1)
+
+    def _by_edges(
+        self, g: CandidateGrids, rows: np.ndarray, owner: np.ndarray, tensors: list[int]
+    ) -> np.ndarray:
+        # _noise_by_edges, row by row
+        ivs = [self.intervals[t] for t in tensors]
+        scale, first, last = g.scale[rows], g.first[rows], g.last[rows]
+        out = np.zeros(rows.size)
+        lo, hi = first * scale, last * scale
+        _, n_edges = self._edges.locate(tensors)
+        cum_offset, _ = self._cum.locate(tensors)
+        i_lo = np.zeros(rows.size, dtype=np.intp)
+        i_hi = np.zeros(rows.size, dtype=np.intp)
+        runs = _runs(owner)
+        for m, (s, e) in enumerate(runs):
+            if n_edges[m]:
+                edges = ivs[m].edge_weights[0]
+                i_lo[s:e] = np.searchsorted(edges, lo[s:e], side="left")
+                i_hi[s:e] = np.searchsorted(edges, hi[s:e], side="right")
+        has_edges = (n_edges > 0)[owner]
+        base = cum_offset[owner]
+        at_lo, at_hi, at_end = base + i_lo, base + i_hi, base + n_edges[owner]
+        cum = self._cum.flat
+        below = [c[at_lo] for c in cum]
+        inside = [c[at_hi] - c[at_lo] for c in cum]
+        above = [c[at_end] - c[at_hi] for c in cum]
+        cube_below = lo**3 * below[0] - 3 * lo**2 * below[1] + 3 * lo * below[2] - below[3]
+        cube_above = above[3] - 3 * hi * above[2] + 3 * hi**2 * above[1] - hi**3 * above[0]
+        line = (inside[1] - lo * inside[0]) + (hi - lo) * above[0]
+        smooth = scale**2 / 12.0 * line + self.clip_weight / 3.0 * (cube_above - cube_below)
+        out += np.where(has_edges, smooth, 0.0)
+        widest = np.array([iv.width.max() for iv in ivs])
+        fine = np.flatnonzero(has_edges & (widest[owner] < WIDE_BIN_STEPS * scale))
+        if fine.size:
+            # Per tensor: the periodic term is a (candidates x edges) product, as in _noise_by_edges.
+            periodic = np.empty(fine.size)
+            fine_owner = owner[fine]
+            for s, e in _runs(fine_owner):
+                edges, jump = ivs[int(fine_owner[s])].edge_weights
+                r = fine[s:e]
+                # The same operations as there, in place in two reused buffers: these arrays are the
+                # bulk of the work, and fresh temporaries of this size cost more than the arithmetic.
+                tc, u = self._buffers(r.size, edges.size)
+                np.divide(edges[None, :], scale[r, None], out=tc)
+                np.clip(tc, first[r, None], last[r, None], out=tc)
+                np.rint(tc, out=u)
+                np.subtract(tc, u, out=u)  # u = tc - rint(tc)
+                np.multiply(u, u, out=tc)
+                tc *= 1.0 / 3.0
+                tc -= 1.0 / 12.0
+                tc *= u  # u * (u * u / 3 - 1 / 12)
+                periodic[s:e] = tc @ jump
+            out[fine] += scale[fine] ** 3 * periodic
+        point_offset, n_points = self._points.locate(tensors)
+        pointed = np.flatnonzero((n_points > 0)[owner])
+        if pointed.size:  # point masses: their own error, no spreading
+            element_row, element, row_start = _expand(n_points[owner[pointed]], point_offset[owner[pointed]])
+            r = pointed[element_row]
+            lo_k, hi_k = first[r], last[r]
+            tp = self._points.flat[0][element] / scale[r]
+            q = np.clip(np.rint(tp), lo_k, hi_k)
+            e2 = (tp - q) ** 2 * np.where((tp < lo_k) | (tp > hi_k), self.clip_weight, 1.0)
+            counts = [
+                iv.count[iv.width <= 0] if n else np.zeros(0) for iv, n in zip(ivs, n_points, strict=True)
+            ]
+            out[pointed] += scale[pointed] ** 2 * self._per_tensor_dot(e2, row_start, owner[pointed], counts)
+        return np.maximum(out, 0.0)
+
+    def _buffers(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two scratch (rows, cols) arrays, reused from call to call."""
+        n = rows * cols
+        if self._scratch.size < 2 * n:
+            self._scratch = np.empty(2 * n)
+        return self._scratch[:n].reshape(rows, cols), self._scratch[n : 2 * n].reshape(rows, cols)
+
+    @staticmethod
+    def _per_tensor_dot(
+        flat: np.ndarray, row_start: np.ndarray, owner: np.ndarray, vectors: list[np.ndarray]
+    ) -> np.ndarray:
+        """Each row of ``flat`` (rows laid end to end) dotted with its tensor's vector: one
+        matrix-vector product per tensor, on the same matrix as the per-tensor evaluation."""
+        out = np.empty(owner.size)
+        for s, e in _runs(owner):
+            v = vectors[int(owner[s])]
+            out[s:e] = flat[row_start[s] : row_start[e]].reshape(e - s, v.size) @ v
+        return out
 
 
 # ---- KL divergence (TensorRT-style) ---------------------------------------------------------------
@@ -566,4 +813,19 @@ def minimum_noise_range(
         bitwidth,
         lambda grids: expected_noise(intervals, grids, clip_weight=clip_weight),
         steps=steps,
+    )
+
+
+def minimum_noise_ranges(
+    stats: Sequence[TensorStats],
+    schema: QuantizationSchema,
+    bitwidth: int,
+    *,
+    clip_weight: float = 1.0,
+    steps: tuple[int, int] | None = None,
+) -> list[tuple[float, float]]:
+    """:func:`minimum_noise_range` of many tensors (the same ranges, searched and scored together)."""
+    intervals = [Intervals.of(s) if trivial_range(s) is None else Intervals.of(TensorStats()) for s in stats]
+    return search_ranges(
+        stats, schema, bitwidth, NoiseOfMany(intervals, clip_weight=clip_weight), steps=steps
     )

@@ -403,3 +403,69 @@ def test_enhanced_is_never_worse_than_min_max_in_its_own_objective() -> None:
             grids = CandidateGrids.from_ranges(schema(schema_name), 8, [lo, stats.min], [hi, stats.max])
             noise = expected_noise(stats, grids, clip_weight=3.0)
             assert noise[0] <= noise[1] * (1 + 1e-12)
+
+
+# ---- many tensors at once ------------------------------------------------------------------------
+def _varied_stats() -> list[TensorStats]:
+    """One-sided, symmetric, skewed, spiky, point-mass, constant and empty statistics."""
+    rng = np.random.default_rng(7)
+    arrays = [
+        data("gaussian"),
+        data("laplacian", outliers=False),
+        data("relu"),
+        data("bimodal"),
+        -data("relu"),  # one-sided, negative
+        np.minimum(np.maximum(rng.normal(size=5000), 0.0), 6.0),  # ReLU6: point masses at 0 and 6
+        rng.normal(3.0, 0.1, size=2000),  # far from zero
+        np.round(rng.normal(size=3000) * 4) / 4,  # values on a few points only
+        rng.uniform(-1.0, 2.0, size=300),  # few values: few occupied bins
+        np.full(100, 2.5),  # constant
+    ]
+    stats = [TensorStats.of(a) for a in arrays]
+    stats.append(TensorStats())  # empty
+    stats.append(TensorStats.of(np.array([np.nan, np.inf])))  # non-finite only
+    return stats
+
+
+@pytest.mark.parametrize("name", ["sqnr", "mse", "entropy", "min-max", "percentile"])
+@pytest.mark.parametrize("schema_name", SCHEMAS)
+@pytest.mark.parametrize("bits", [8, 16])
+def test_choose_ranges_equals_choose_range_exactly(name: str, schema_name: str, bits: int) -> None:
+    stats = _varied_stats()
+    m, sch = method(name), schema(schema_name)
+    for options in (OPTIONS, CalibrationOptions(steps=(-100, 100))):
+        if options.steps is not None and not sch.symmetric:
+            continue
+        one = [m.choose_range(s, bitwidth=bits, schema=sch, options=options) for s in stats]
+        many = m.choose_ranges(stats, bitwidth=bits, schema=sch, options=options)
+        assert many == one  # exactly: the batched search scores every candidate identically
+        assert m.choose_ranges([], bitwidth=bits, schema=sch, options=options) == []
+
+
+def test_noise_of_many_matches_expected_noise_exactly() -> None:
+    from opendlc.calibration_search import GridBatch, NoiseOfMany
+
+    stats = [s for s in _varied_stats() if not s.empty and s.min < s.max]
+    intervals = [Intervals.of(s) for s in stats]
+    sch = schema("asymmetric")
+    rng = np.random.default_rng(3)
+    for bits in (4, 8, 16):
+        for clip_weight in (1.0, 3.0):
+            parts = []
+            for s in stats:
+                f = rng.uniform(0.01, 1.0, size=(2, 13))
+                parts.append(
+                    CandidateGrids.from_ranges(sch, bits, min(s.min, 0.0) * f[0], max(s.max, 0.0) * f[1])
+                )
+            grids = CandidateGrids(
+                *(
+                    np.concatenate([getattr(p, k) for p in parts])
+                    for k in ("lo", "hi", "scale", "first", "last")
+                )
+            )
+            starts = np.arange(len(parts) + 1) * 13
+            batch = GridBatch(grids, starts, np.arange(len(parts)))
+            got = NoiseOfMany(intervals, clip_weight=clip_weight)(batch)
+            pairs = zip(intervals, parts, strict=True)
+            want = np.concatenate([expected_noise(iv, p, clip_weight=clip_weight) for iv, p in pairs])
+            assert np.array_equal(got, want)

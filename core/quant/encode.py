@@ -64,16 +64,33 @@ def encode_range(
     if steps is not None and schema.symmetric:  # searching methods score the restricted grid
         calibration = dataclasses.replace(calibration, steps=steps)
     lo, hi = method.choose_range(stats, bitwidth=bitwidth, schema=schema, options=calibration)
+    return _encode_chosen(stats, lo, hi, schema, bitwidth, steps)
+
+
+def _encode_chosen(
+    stats: TensorStats,
+    lo: float,
+    hi: float,
+    schema: QuantizationSchema,
+    bitwidth: int,
+    steps: tuple[int, int] | None,
+) -> Encoding:
     if not (np.isfinite(lo) and np.isfinite(hi)):  # a method must never produce NaN encodings
         lo, hi = (stats.min, stats.max) if not stats.empty else (0.0, 0.0)
     return schema.encode(float(lo), float(hi), bitwidth, steps=steps if schema.symmetric else None)
 
 
 def activation_encodings(stats: dict[str, TensorStats], q: Quantizers) -> dict[str, TensorEncoding]:
-    out = {}
     for name, s in stats.items():
         _warn_degenerate(name, s)
-        enc = encode_range(s, q.act_method, q.act_schema, q.options.act_bitwidth, q.calibration)
+    # all ranges at once: searching methods score every tensor's candidates together (same ranges as
+    # encode_range per tensor)
+    bw = q.options.act_bitwidth
+    values = list(stats.values())
+    ranges = q.act_method.choose_ranges(values, bitwidth=bw, schema=q.act_schema, options=q.calibration)
+    out = {}
+    for (name, s), (lo, hi) in zip(stats.items(), ranges, strict=True):
+        enc = _encode_chosen(s, lo, hi, q.act_schema, bw, None)
         out[name] = TensorEncoding(name, "activation", [enc], source="calibration")
     return out
 

@@ -9,8 +9,19 @@ candidate qualifies (16-bit grids on a 2048-bin histogram) the observed range is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from opendlc.calibration import CalibrationMethod, CalibrationOptions
-from opendlc.calibration_search import CandidateGrids, kl_divergence, search_range, trivial_range
+from opendlc.calibration_search import (
+    CandidateGrids,
+    GridBatch,
+    kl_divergence,
+    search_range,
+    search_ranges,
+    trivial_range,
+)
 from opendlc.hookspecs import hookimpl
 from opendlc.observers import TensorStats
 from opendlc.schemas import QuantizationSchema
@@ -33,6 +44,38 @@ class Entropy(CalibrationMethod):
         return search_range(
             stats, schema, bitwidth, lambda grids: kl_divergence(stats, grids), steps=options.steps
         )
+
+    def choose_ranges(
+        self,
+        stats: Sequence[TensorStats],
+        *,
+        bitwidth: int,
+        schema: QuantizationSchema,
+        options: CalibrationOptions,
+    ) -> list[tuple[float, float]]:
+        # the tensors whose full range already has a step finer than a bin are not searched
+        out: list[tuple[float, float] | None] = [trivial_range(s) for s in stats]
+        todo = [i for i, r in enumerate(out) if r is None]
+        if todo:
+            lo = [min(stats[i].min, 0.0) for i in todo]
+            hi = [max(stats[i].max, 0.0) for i in todo]
+            full = CandidateGrids.from_ranges(schema, bitwidth, lo, hi, steps=options.steps)
+            for i, scale in zip(todo, full.scale.tolist(), strict=True):
+                if scale < stats[i].width:
+                    out[i] = (stats[i].min, stats[i].max)
+        searched = [i for i, r in enumerate(out) if r is None]
+        chosen = [stats[i] for i in searched]
+
+        def cost(batch: GridBatch) -> np.ndarray:
+            return np.concatenate(
+                [kl_divergence(chosen[int(t)], batch.rows(k)) for k, t in enumerate(batch.tensors)]
+            )
+
+        for i, r in zip(
+            searched, search_ranges(chosen, schema, bitwidth, cost, steps=options.steps), strict=True
+        ):
+            out[i] = r
+        return [r for r in out if r is not None]
 
 
 @hookimpl

@@ -6,8 +6,10 @@ schema really produces (scale, rounded offset, integer limits).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from opendlc.calibration import CalibrationMethod, CalibrationOptions
-from opendlc.calibration_search import minimum_noise_range
+from opendlc.calibration_search import minimum_noise_range, minimum_noise_ranges
 from opendlc.hookspecs import hookimpl
 from opendlc.observers import TensorStats
 from opendlc.schemas import QuantizationSchema
@@ -21,6 +23,16 @@ class Mse(CalibrationMethod):
         self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
     ) -> tuple[float, float]:
         return minimum_noise_range(stats, schema, bitwidth, clip_weight=1.0, steps=options.steps)
+
+    def choose_ranges(
+        self,
+        stats: Sequence[TensorStats],
+        *,
+        bitwidth: int,
+        schema: QuantizationSchema,
+        options: CalibrationOptions,
+    ) -> list[tuple[float, float]]:
+        return minimum_noise_ranges(stats, schema, bitwidth, clip_weight=1.0, steps=options.steps)
 
 
 @hookimpl
