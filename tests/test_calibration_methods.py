@@ -469,3 +469,27 @@ def test_noise_of_many_matches_expected_noise_exactly() -> None:
             pairs = zip(intervals, parts, strict=True)
             want = np.concatenate([expected_noise(iv, p, clip_weight=clip_weight) for iv, p in pairs])
             assert np.array_equal(got, want)
+
+
+def test_noise_of_intervals_off_the_bin_grid() -> None:
+    # Intervals that are not bins of a grid (third-party methods may build them) are looked up by
+    # bisection instead of arithmetic: the same noise, alone or batched with on-grid ones.
+    from opendlc.calibration_search import GridBatch, NoiseOfMany
+
+    stats = stats_of("laplacian")
+    iv = Intervals.of(stats)
+    off = Intervals(iv.left, iv.right, iv.count)  # no bin information
+    lo0, hi0 = min(stats.min, 0.0), max(stats.max, 0.0)
+    f = np.geomspace(1.0, 0.02, 9)
+    grids = CandidateGrids.from_ranges(schema("asymmetric"), 4, lo0 * f, hi0 * f)  # "auto": cells
+    for method in ("cells", "edges"):
+        np.testing.assert_allclose(
+            expected_noise(off, grids, method=method), expected_noise(iv, grids, method=method), rtol=1e-9
+        )
+    both = CandidateGrids(
+        *(np.concatenate([getattr(grids, k)] * 2) for k in ("lo", "hi", "scale", "first", "last"))
+    )
+    batch = GridBatch(both, np.array([0, len(grids), 2 * len(grids)]), np.array([0, 1]))
+    got = NoiseOfMany([iv, off], clip_weight=3.0)(batch)
+    want = np.concatenate([expected_noise(v, grids, clip_weight=3.0) for v in (iv, off)])
+    assert np.array_equal(got, want)
