@@ -4,8 +4,8 @@ A searching method proposes candidate ranges, lets the schema turn every one int
 really use (:class:`CandidateGrids` -- scale, offset and integer limits, so offset rounding and the
 zero-point constraint are part of what is scored), scores all candidates at once against the histogram
 (:func:`expected_noise`, :func:`kl_divergence`) and keeps the best (:func:`search_range`).  The
-expected-noise evaluation and its histogram model live in :mod:`opendlc.calibration_noise` and are
-re-exported here.
+expected-noise evaluation and its histogram model live in :mod:`opendlc.calibration_noise`, the KL
+divergence in :mod:`opendlc.calibration_kl`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from opendlc.calibration_kl import KlOfMany, kl_divergence
 from opendlc.calibration_noise import WIDE_BIN_STEPS as WIDE_BIN_STEPS  # (was defined here)
 from opendlc.calibration_noise import Intervals, NoiseOfMany, expected_noise
 from opendlc.observers import TensorStats
@@ -26,6 +27,7 @@ __all__ = [
     "CandidateGrids",
     "GridBatch",
     "Intervals",
+    "KlOfMany",
     "expected_noise",
     "kl_divergence",
     "minimum_noise_range",
@@ -75,79 +77,6 @@ class CandidateGrids:
 
     def __len__(self) -> int:
         return int(self.scale.size)
-
-
-# ---- KL divergence (TensorRT-style) ---------------------------------------------------------------
-def kl_divergence(stats: TensorStats, grids: CandidateGrids) -> np.ndarray:
-    """KL(P || Q) of every candidate grid, TensorRT style, on the histogram's own bins (shape ``(C,)``).
-
-    As in TensorRT's (and MXNet's) entropy calibration: P is the histogram restricted to the bins whose
-    centres the grid covers, with the values beyond folded into its first and last bin; Q gives every
-    grid cell the mass the *unfolded* restricted histogram has there, spread evenly over the cell's
-    bins that are non-empty in P, so clipped values cost divergence.  A cell whose P-mass is only folded
-    values gets a floor of ``1e-4`` count per bin (TensorRT smooths such zeros likewise).  A grid whose
-    step is narrower than a bin cannot be judged at this resolution (every bin would be a cell of its
-    own), so it scores ``inf``.
-    """
-    out = np.full(len(grids), np.inf)
-    n = stats.hist.astype(np.float64)
-    nbins = n.size
-    zero_bin = -stats.first_bin  # the bin [0, width): exact zeros (ReLU, padding) land there
-    if 0 <= zero_bin < nbins:
-        # Zero is a point of every grid, so exact zeros lose nothing; but spread evenly over their cell
-        # (as Q is) a zero spike would dominate the divergence.  Like ncnn's calibrator, leave it out.
-        n[zero_bin] = 0.0
-    if not n.any():
-        return out
-    if stats.empty or nbins < 2 or len(grids) == 0:
-        return out
-    w = stats.width
-    ok = grids.scale >= w
-    levels = grids.last - grids.first + 1
-    if not ok.any() or not np.all(levels == levels[0]) or levels[0] - 1 > nbins:
-        # (more levels than bins: no grid with a step of a bin or more lies within the histogram)
-        return out
-    pick = np.nonzero(ok)[0]
-    scale, first, last = grids.scale[pick, None], grids.first[pick, None], grids.last[pick, None]
-    cum_n = np.concatenate(([0.0], np.cumsum(n)))
-    cum_nz = np.concatenate(([0.0], np.cumsum(n > 0)))
-    cum_nlogn = np.concatenate(([0.0], np.cumsum(_xlogx(n))))
-    total = cum_n[-1]
-
-    def bins_below(v: np.ndarray) -> np.ndarray:  # number of bins whose centre is < v
-        return np.clip(np.ceil(v / w - stats.first_bin - 0.5), 0, nbins).astype(np.int64)
-
-    a = np.minimum(bins_below((first - 0.5) * scale), nbins - 1)  # first covered bin
-    b = np.clip(bins_below((last + 0.5) * scale) - 1, 0, nbins - 1)  # last covered bin
-    k = np.arange(1, int(levels[0]), dtype=np.float64)[None, :]
-    inner = bins_below((first + k - 0.5) * scale)  # bin boundaries between cells
-    bounds = np.concatenate([np.zeros_like(a), inner, np.full_like(a, nbins)], axis=1)
-    pa = cum_n[a + 1]  # P's first bin: its own values and everything below
-    pb = total - cum_n[b]  # P's last bin: its own values and everything above
-    mid = np.clip(bounds, a + 1, b)
-
-    def p_prefix(cum: np.ndarray, first_bin: np.ndarray, last_bin: np.ndarray) -> np.ndarray:
-        return (bounds > a) * first_bin + (cum[mid] - cum[a + 1]) + (bounds > b) * last_bin
-
-    p_mass = np.diff(p_prefix(cum_n, pa, pb), axis=1)
-    nonempty = np.diff(p_prefix(cum_nz, (pa > 0) * 1.0, (pb > 0) * 1.0), axis=1)
-    inside = np.clip(bounds, a, b + 1)
-    q_mass = np.diff(cum_n[inside], axis=1)  # the cells' mass without the folded values
-    q_mass = np.maximum(q_mass, 1e-4 * nonempty)
-    has = p_mass > 0
-    log_q = np.log(np.where(has, q_mass, 1.0) / np.where(has, nonempty, 1.0))
-    p_log_p = _xlogx(pa) + (cum_nlogn[b] - cum_nlogn[a + 1]) + _xlogx(pb)
-    covered = (cum_n[b + 1] - cum_n[a])[:, 0]
-    with np.errstate(divide="ignore"):
-        kl = (p_log_p[:, 0] - np.sum(np.where(has, p_mass * log_q, 0.0), axis=1)) / total
-        kl += np.log(covered) - np.log(total)
-    valid = (a[:, 0] < b[:, 0]) & (covered > 0)
-    out[pick] = np.where(valid, np.maximum(kl, 0.0), np.inf)
-    return out
-
-
-def _xlogx(v: np.ndarray) -> np.ndarray:
-    return np.where(v > 0, v * np.log(np.where(v > 0, v, 1.0)), 0.0)
 
 
 # ---- quantiles -----------------------------------------------------------------------------------

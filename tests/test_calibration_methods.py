@@ -493,3 +493,27 @@ def test_noise_of_intervals_off_the_bin_grid() -> None:
     got = NoiseOfMany([iv, off], clip_weight=3.0)(batch)
     want = np.concatenate([expected_noise(v, grids, clip_weight=3.0) for v in (iv, off)])
     assert np.array_equal(got, want)
+
+
+def test_kl_of_many_matches_kl_divergence_exactly() -> None:
+    from opendlc.calibration_search import GridBatch, KlOfMany
+
+    stats = [s for s in _varied_stats() if not s.empty and s.min < s.max]
+    rng = np.random.default_rng(5)
+    for schema_name in ("asymmetric", "symmetric"):
+        for bits in (4, 8):
+            parts = []
+            for s in stats:
+                f = rng.uniform(0.01, 1.0, size=(2, 11))
+                lo, hi = min(s.min, 0.0) * f[0], max(s.max, 0.0) * f[1]
+                parts.append(CandidateGrids.from_ranges(schema(schema_name), bits, lo, hi))
+            fields = ("lo", "hi", "scale", "first", "last")
+            order = rng.permutation(len(parts))  # any tensor order, as a lockstep round may have
+            starts = np.concatenate(([0], np.cumsum([len(parts[i]) for i in order])))
+            shuffled = CandidateGrids(
+                *(np.concatenate([getattr(parts[i], k) for i in order]) for k in fields)
+            )
+            got = KlOfMany(stats)(GridBatch(shuffled, starts, order))
+            want = np.concatenate([kl_divergence(stats[i], parts[i]) for i in order])
+            assert np.isfinite(want).sum() > len(parts)  # most tensors are judged
+            assert np.array_equal(got, want)

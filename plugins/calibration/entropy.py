@@ -11,17 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from opendlc.calibration import CalibrationMethod, CalibrationOptions
-from opendlc.calibration_search import (
-    CandidateGrids,
-    GridBatch,
-    kl_divergence,
-    search_range,
-    search_ranges,
-    trivial_range,
-)
+from opendlc.calibration_search import CandidateGrids, KlOfMany, search_ranges, trivial_range
 from opendlc.hookspecs import hookimpl
 from opendlc.observers import TensorStats
 from opendlc.schemas import QuantizationSchema
@@ -34,16 +25,7 @@ class Entropy(CalibrationMethod):
     def choose_range(
         self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
     ) -> tuple[float, float]:
-        trivial = trivial_range(stats)
-        if trivial is not None:
-            return trivial
-        lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
-        full = CandidateGrids.from_ranges(schema, bitwidth, [lo], [hi], steps=options.steps)
-        if full.scale[0] < stats.width:  # even the full range has a step finer than a bin: no search
-            return stats.min, stats.max
-        return search_range(
-            stats, schema, bitwidth, lambda grids: kl_divergence(stats, grids), steps=options.steps
-        )
+        return self.choose_ranges([stats], bitwidth=bitwidth, schema=schema, options=options)[0]
 
     def choose_ranges(
         self,
@@ -65,12 +47,7 @@ class Entropy(CalibrationMethod):
                     out[i] = (stats[i].min, stats[i].max)
         searched = [i for i, r in enumerate(out) if r is None]
         chosen = [stats[i] for i in searched]
-
-        def cost(batch: GridBatch) -> np.ndarray:
-            return np.concatenate(
-                [kl_divergence(chosen[int(t)], batch.rows(k)) for k, t in enumerate(batch.tensors)]
-            )
-
+        cost = KlOfMany(chosen)  # every tensor's candidates scored together
         for i, r in zip(
             searched, search_ranges(chosen, schema, bitwidth, cost, steps=options.steps), strict=True
         ):
