@@ -40,7 +40,7 @@ def _xlogx(v: np.ndarray) -> np.ndarray:
 
 
 # (rows x levels) cells evaluated at once: temporaries that stay in cache are faster than big ones
-KL_CHUNK = 16384
+KL_CHUNK = 32768
 
 
 class KlOfMany:
@@ -50,31 +50,39 @@ class KlOfMany:
 
     def __init__(self, stats: Sequence[TensorStats]) -> None:
         self.stats = stats
-        # Per tensor, once: prefix sums of the counts, of the non-empty bins and of n log n, laid end
-        # to end (tensor t's run starts at offset[t] and is nbins[t] + 1 long), so one gather serves all.
-        cum_n, cum_nz, cum_nlogn = [], [], []
-        usable = []
-        for s in stats:
-            n = s.hist.astype(np.float64)
-            zero_bin = -s.first_bin  # the bin [0, width): exact zeros (ReLU, padding) land there
-            if 0 <= zero_bin < n.size:
-                # Zero is a point of every grid, so exact zeros lose nothing; but spread evenly over their
-                # cell (as Q is) a zero spike would dominate the divergence.  Like ncnn's calibrator,
-                # leave it out.
-                n[zero_bin] = 0.0
-            usable.append(bool(n.any()) and not s.empty and n.size >= 2)
-            cum_n.append(np.concatenate(([0.0], np.cumsum(n))))
-            cum_nz.append(np.concatenate(([0.0], np.cumsum(n > 0))))
-            cum_nlogn.append(np.concatenate(([0.0], np.cumsum(_xlogx(n)))))
-        self._usable = np.array(usable, dtype=bool)
         self._nbins = np.array([s.hist.size for s in stats], dtype=np.int64)
-        self._offset = np.concatenate(([0], np.cumsum(self._nbins + 1)[:-1])).astype(np.intp)
         self._width = np.array([s.width for s in stats], dtype=np.float64)
         self._first_bin = np.array([s.first_bin for s in stats], dtype=np.float64)
-        self._total = np.array([c[-1] for c in cum_n], dtype=np.float64)
-        self._cum_n, self._cum_nz, self._cum_nlogn = (
-            np.concatenate(c) if c else np.zeros(0) for c in (cum_n, cum_nz, cum_nlogn)
-        )
+        self._usable = np.zeros(len(stats), dtype=bool)
+        self._total = np.zeros(len(stats))
+        self._offset = np.zeros(len(stats), dtype=np.intp)
+        # Per tensor, once: prefix sums of the counts, of the non-empty bins and of n log n, laid end to
+        # end (tensor t's run starts at offset[t] and is nbins[t] + 1 long), so one gather serves all.
+        # Histograms of one length are stacked: a row's cumsum is the same sequential sum as alone.
+        flat: list[list[np.ndarray]] = [[], [], []]
+        end = 0
+        for size in np.unique(self._nbins).tolist():
+            group = np.flatnonzero(self._nbins == size)
+            n = np.stack([stats[t].hist for t in group.tolist()]).astype(np.float64).reshape(group.size, size)
+            # The bin [0, width) holds the exact zeros (ReLU, padding).  Zero is a point of every grid,
+            # so they lose nothing; but spread evenly over their cell (as Q is) a zero spike would
+            # dominate the divergence.  Like ncnn's calibrator, leave it out.
+            zero_bin = -self._first_bin[group].astype(np.int64)
+            has_zero = (zero_bin >= 0) & (zero_bin < size)
+            n[np.flatnonzero(has_zero), zero_bin[has_zero]] = 0.0
+            empty = np.array([stats[t].empty for t in group.tolist()], dtype=bool)
+            self._usable[group] = n.any(axis=1) & ~empty & (size >= 2)
+            cums = []
+            for values in (n, n > 0, _xlogx(n)):
+                cum = np.zeros((group.size, size + 1))
+                np.cumsum(values, axis=1, out=cum[:, 1:])
+                cums.append(cum)
+            for packed, cum in zip(flat, cums, strict=True):
+                packed.append(cum.ravel())
+            self._total[group] = cums[0][:, -1]
+            self._offset[group] = end + (size + 1) * np.arange(group.size)
+            end += group.size * (size + 1)
+        self._cum_n, self._cum_nz, self._cum_nlogn = (np.concatenate(f) if f else np.zeros(0) for f in flat)
 
     def __call__(self, batch: GridBatch) -> np.ndarray:
         return self.evaluate(batch.grids, batch.starts, batch.tensors)
@@ -112,10 +120,10 @@ class KlOfMany:
         return out
 
     def _kl(self, g: CandidateGrids, rows: np.ndarray, owner: np.ndarray, levels: int) -> np.ndarray:
+        out = np.full(rows.size, np.inf)
         scale, first, last = g.scale[rows, None], g.first[rows, None], g.last[rows, None]
         w, first_bin = self._width[owner, None], self._first_bin[owner, None]
         nbins, offset = self._nbins[owner, None], self._offset[owner, None]
-        total = self._total[owner]
         cum_n, cum_nz, cum_nlogn = self._cum_n, self._cum_nz, self._cum_nlogn
 
         def bins_below(v: np.ndarray) -> np.ndarray:  # number of bins whose centre is < v
@@ -123,28 +131,55 @@ class KlOfMany:
 
         a = np.minimum(bins_below((first - 0.5) * scale), nbins - 1)  # first covered bin
         b = np.clip(bins_below((last + 0.5) * scale) - 1, 0, nbins - 1)  # last covered bin
-        k = np.arange(1, levels, dtype=np.float64)[None, :]
-        inner = bins_below((first + k - 0.5) * scale)  # bin boundaries between cells
-        bounds = np.concatenate([np.zeros_like(a), inner, nbins + np.zeros_like(a)], axis=1)
+        covered = (cum_n[offset + (b + 1)] - cum_n[offset + a])[:, 0]
+        valid = np.flatnonzero((a[:, 0] < b[:, 0]) & (covered > 0))
+        if not valid.size:
+            return out
+        scale, first, a, b, covered = scale[valid], first[valid], a[valid], b[valid], covered[valid]
+        w, first_bin, nbins, offset = w[valid], first_bin[valid], nbins[valid], offset[valid]
+        total = self._total[owner[valid]]
+        # The cells' bin boundaries, bins_below((first + k - 0.5) * scale) for k = 1 .. levels - 1, with
+        # the same operations in place: these (rows x levels) arrays are the bulk of the work.
+        v = np.add(first, np.arange(1, levels, dtype=np.float64)[None, :])
+        v -= 0.5
+        v *= scale
+        v /= w
+        v -= first_bin
+        v -= 0.5
+        np.ceil(v, out=v)
+        np.clip(v, 0, nbins, out=v)
+        bounds = np.empty((valid.size, levels + 1), dtype=np.int64)
+        bounds[:, 0], bounds[:, -1] = 0, nbins[:, 0]
+        bounds[:, 1:-1] = v
+        inner = bounds[:, 1:-1]
         pa = cum_n[offset + (a + 1)]  # P's first bin: its own values and everything below
         pb = total[:, None] - cum_n[offset + b]  # P's last bin: its own values and everything above
-        mid = offset + np.clip(bounds, a + 1, b)
-        at_a1 = offset + (a + 1)
-
-        def p_prefix(cum: np.ndarray, first_bin: np.ndarray, last_bin: np.ndarray) -> np.ndarray:
-            return (bounds > a) * first_bin + (cum[mid] - cum[at_a1]) + (bounds > b) * last_bin
-
-        p_mass = np.diff(p_prefix(cum_n, pa, pb), axis=1)
-        nonempty = np.diff(p_prefix(cum_nz, (pa > 0) * 1.0, (pb > 0) * 1.0), axis=1)
+        # Every cell's mass -- of Q (the unfolded histogram), of P, and P's count of non-empty bins -- is
+        # a sum of integer counts, exact in float64 in any order: so P is Q's cells with the folded mass
+        # added to the cells holding bins a and b, not a second pass over all cells.
         inside = offset + np.clip(bounds, a, b + 1)
         q_mass = np.diff(cum_n[inside], axis=1)  # the cells' mass without the folded values
-        q_mass = np.maximum(q_mass, 1e-4 * nonempty)
+        nonempty = np.diff(cum_nz[inside], axis=1)
+        row = np.arange(valid.size)
+        cell_a = np.count_nonzero(inner <= a, axis=1)  # the cell of bin a, and of bin b
+        cell_b = np.count_nonzero(inner <= b, axis=1)
+        p_mass = q_mass.copy()
+        p_mass[row, cell_a] += cum_n[offset + a][:, 0]
+        p_mass[row, cell_b] += (total[:, None] - cum_n[offset + (b + 1)])[:, 0]
+        nz_a = cum_nz[offset + (a + 1)] - cum_nz[offset + a]  # bins a and b non-empty before folding
+        nz_b = cum_nz[offset + (b + 1)] - cum_nz[offset + b]
+        nonempty[row, cell_a] += ((pa > 0) * 1.0 - nz_a)[:, 0]
+        nonempty[row, cell_b] += ((pb > 0) * 1.0 - nz_b)[:, 0]
+        np.maximum(q_mass, 1e-4 * nonempty, out=q_mass)
         has = p_mass > 0
-        log_q = np.log(np.where(has, q_mass, 1.0) / np.where(has, nonempty, 1.0))
-        p_log_p = _xlogx(pa) + (cum_nlogn[offset + b] - cum_nlogn[at_a1]) + _xlogx(pb)
-        covered = (cum_n[offset + (b + 1)] - cum_n[offset + a])[:, 0]
+        # sum over cells of p_mass * log(q_mass / nonempty), the cells without P-mass adding 0 * log(1)
+        term = np.ones_like(q_mass)
+        np.divide(q_mass, nonempty, out=term, where=has)
+        np.log(term, out=term)
+        term *= p_mass
+        p_log_p = _xlogx(pa) + (cum_nlogn[offset + b] - cum_nlogn[offset + (a + 1)]) + _xlogx(pb)
         with np.errstate(divide="ignore"):
-            kl = (p_log_p[:, 0] - np.sum(np.where(has, p_mass * log_q, 0.0), axis=1)) / total
+            kl = (p_log_p[:, 0] - np.sum(term, axis=1)) / total
             kl += np.log(covered) - np.log(total)
-        valid = (a[:, 0] < b[:, 0]) & (covered > 0)
-        return np.where(valid, np.maximum(kl, 0.0), np.inf)
+        out[valid] = np.maximum(kl, 0.0)
+        return out
