@@ -265,7 +265,11 @@ def run_child(tool: str, model_name: str, method: str, n: int) -> dict:
 def highest_peak(model_name: str, method: str, n: int, repeat: int) -> dict:
     """The run with the highest peak RSS of ``repeat``: with one session per core, the peak depends on
     whether the sessions' largest activations happen to coincide (+-10% from run to run)."""
-    return max((run_child("ours", model_name, method, n) for _ in range(repeat)), key=lambda r: r["rss_mb"])
+    runs = [run_child("ours", model_name, method, n) for _ in range(repeat)]
+    failed = [r for r in runs if not r["ok"]]
+    if failed:  # a run that died early would report a small peak
+        raise SystemExit(f"{model_name} {method} {n} samples: quantization failed (exit {failed[0]['exit']})")
+    return max(runs, key=lambda r: r["rss_mb"])
 
 
 def memory(models: list[str], methods: list[str], repeat: int = 3) -> list[dict]:
