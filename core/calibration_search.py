@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from opendlc.calibration import CalibrationMethod, CalibrationOptions
 from opendlc.calibration_kl import KlOfMany, kl_divergence
 from opendlc.calibration_noise import WIDE_BIN_STEPS as WIDE_BIN_STEPS  # (was defined here)
 from opendlc.calibration_noise import Intervals, NoiseOfMany, expected_noise
@@ -24,6 +25,7 @@ from opendlc.observers import TensorStats
 from opendlc.schemas import QuantizationSchema
 
 __all__ = [
+    "MinimumNoiseMethod",
     "CandidateGrids",
     "GridBatch",
     "Intervals",
@@ -280,3 +282,28 @@ def minimum_noise_ranges(
     return search_ranges(
         stats, schema, bitwidth, NoiseOfMany(intervals, clip_weight=clip_weight), steps=steps
     )
+
+
+class MinimumNoiseMethod(CalibrationMethod):
+    """A calibration method choosing the range of least expected squared error, clipping errors counted
+    ``clip_weight`` times (sqnr and mse are this with 3 and 1): a subclass sets ``name``,
+    ``description`` and ``clip_weight``."""
+
+    clip_weight: float = 1.0
+
+    def choose_range(
+        self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
+    ) -> tuple[float, float]:
+        return self.choose_ranges([stats], bitwidth=bitwidth, schema=schema, options=options)[0]
+
+    def choose_ranges(
+        self,
+        stats: Sequence[TensorStats],
+        *,
+        bitwidth: int,
+        schema: QuantizationSchema,
+        options: CalibrationOptions,
+    ) -> list[tuple[float, float]]:
+        return minimum_noise_ranges(
+            stats, schema, bitwidth, clip_weight=self.clip_weight, steps=options.steps
+        )
