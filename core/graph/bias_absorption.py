@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from opendlc.graph.fold import pads_nothing
 from opendlc.graph.view import GraphView
 
 Bounds = tuple[float, float]
@@ -82,7 +83,7 @@ def tensor_bounds(view: GraphView, name: str, depth: int = 16) -> Bounds:
         return inner()
     if op in _AVERAGING:  # a mean stays within the range; padded zeros may join it
         lo, hi = inner()
-        if op == "AveragePool" and view.attr(node, "count_include_pad", 0) and pads(view, node):
+        if op == "AveragePool" and view.attr(node, "count_include_pad", 0) and not pads_nothing(view, node):
             return min(lo, 0.0), max(hi, 0.0)
         return lo, hi
     return UNBOUNDED
@@ -99,14 +100,6 @@ def _clip_limits(view: GraphView, node: onnx.NodeProto) -> Bounds:
     return limits[0], limits[1]
 
 
-def pads(view: GraphView, node: onnx.NodeProto) -> bool:
-    auto_pad = view.attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad == "VALID":
-        return False
-    return auto_pad != "NOTSET" or any(view.attr(node, "pads", []) or [])
-
-
 def conv_output_bounds(
     view: GraphView, node: onnx.NodeProto, canonical_w: np.ndarray, bias: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +108,7 @@ def conv_output_bounds(
     ``canonical_w`` is (group, outputs per group, inputs per group, kernel).  Padded zeros count as
     inputs, so a padding convolution's input range is joined with 0."""
     lo, hi = tensor_bounds(view, node.input[0])
-    if pads(view, node):
+    if not pads_nothing(view, node):
         lo, hi = min(lo, 0.0), max(hi, 0.0)
     w = canonical_w.astype(np.float64)
     positive = np.clip(w, 0, None).sum(axis=(2, 3)).reshape(-1)

@@ -34,11 +34,16 @@ from opendlc.graph.bias_absorption import (
     absorption_amount,
     conv_output_bounds,
     observed_channel_ranges,
-    pads,
     second_bias_shift,
 )
 from opendlc.graph.bias_grid import BiasGrid, factor_limits, grid_factors, rounding_error
-from opendlc.graph.fold import fold_batch_norms_in, fold_output_affine_in, per_channel, tensor_ranks
+from opendlc.graph.fold import (
+    fold_batch_norms_in,
+    fold_output_affine_in,
+    pads_nothing,
+    per_channel,
+    tensor_ranks,
+)
 from opendlc.graph.view import GraphView
 
 log = logging.getLogger("opendlc.graph.equalize")
@@ -294,7 +299,7 @@ def absorb_high_biases(
         p
         for p in pairs
         if nodes[p.second].op_type == "Conv"
-        and not pads(view, nodes[p.second])
+        and pads_nothing(view, nodes[p.second])
         and (p.activation is not None or center_plain_pairs)
     ]
     free = [p for p in movable if p.activation is None]  # any amount is exact: samples may choose it

@@ -232,7 +232,8 @@ def fold_output_affine_in(view: GraphView, ranks: dict[str, int]) -> list[str]:
 
 
 # Input side ------------------------------------------------------------------------------------
-def _pads_nothing(view: GraphView, conv: onnx.NodeProto) -> bool:
+def pads_nothing(view: GraphView, conv: onnx.NodeProto) -> bool:
+    """Whether a convolution adds no padding (explicit ``pads`` all zero, or ``auto_pad`` VALID)."""
     auto_pad = view.attr(conv, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad == "VALID":
@@ -273,7 +274,7 @@ def fold_input_affine_in(view: GraphView) -> list[str]:
                 continue
             a, c = affine
             shifts = np.any(c != 0)
-            if shifts and not _pads_nothing(view, conv):
+            if shifts and not pads_nothing(view, conv):
                 continue  # padded zeros would not be shifted: not exact
             w64 = w.astype(np.float64)
             cout_g, cin_g = w.shape[0] // g, w.shape[1]
