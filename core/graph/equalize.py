@@ -122,9 +122,11 @@ def equalize(
     report = fold_batch_norms_in(view, ranks) + fold_output_affine_in(view, ranks)
     report = [f"{len(report)} BatchNormalization / affine folds"] if report else []
     pairs = find_pairs(view)
+    nodes = {n.name: n for n in view.graph.node}  # the node objects stay; only their parameters change
     iterations = 0
     for iterations in range(1, max_iterations + 1):  # noqa: B007 - the count is reported
-        largest = max((abs(np.log(_equalize_pair(view, p))).max(initial=0.0) for p in pairs), default=0.0)
+        scales = (_equalize_pair(view, _PairParams.load(view, nodes, p)) for p in pairs)
+        largest = max((abs(np.log(s)).max(initial=0.0) for s in scales), default=0.0)
         if largest < tolerance:
             break
     report.append(f"equalized {len(pairs)} convolution pairs in {iterations} iterations")
@@ -230,31 +232,45 @@ def channel_ranges(
     return r1.astype(np.float64), r2.astype(np.float64)
 
 
-def _equalize_pair(view: GraphView, pair: Pair) -> np.ndarray:
+@dataclass(frozen=True)
+class _PairParams:
+    """A pair's two convolutions with their current parameters and weight layouts."""
+
+    first: onnx.NodeProto
+    second: onnx.NodeProto
+    w1: np.ndarray
+    b1: np.ndarray | None
+    w2: np.ndarray
+    b2: np.ndarray | None
+    l1: Layout
+    l2: Layout
+
+    @classmethod
+    def load(cls, view: GraphView, nodes: dict[str, onnx.NodeProto], pair: Pair) -> _PairParams:
+        first, second = nodes[pair.first], nodes[pair.second]
+        (w1, b1), (w2, b2) = _conv_params(view, first), _conv_params(view, second)
+        return cls(first, second, w1, b1, w2, b2, Layout.of(view, first), Layout.of(view, second))
+
+
+def _equalize_pair(view: GraphView, p: _PairParams) -> np.ndarray:
     """Balance one pair in place; returns the scales applied."""
-    nodes = {n.name: n for n in view.graph.node}
-    first, second = nodes[pair.first], nodes[pair.second]
-    (w1, _), (w2, _) = _conv_params(view, first), _conv_params(view, second)
-    l1, l2 = Layout.of(view, first), Layout.of(view, second)
-    r1, r2 = channel_ranges(w1, w2, l2.group, layout1=l1, transposed2=l2.transposed)
+    r1, r2 = channel_ranges(p.w1, p.w2, p.l2.group, layout1=p.l1, transposed2=p.l2.transposed)
     usable = (r1 > 0) & (r2 > 0)  # a dead channel keeps its scale
     s = np.ones_like(r1)
     s[usable] = np.sqrt(r1[usable] / r2[usable])
-    _scale_channels(view, first, second, s)
+    _scale_channels(view, p, s)
     return s
 
 
-def _scale_channels(view: GraphView, first: onnx.NodeProto, second: onnx.NodeProto, s: np.ndarray) -> None:
-    """Divide output channel i of ``first`` (weights and bias) by ``s_i``, multiply input channel i of
-    ``second`` by it: exact across a positively homogeneous activation (or none)."""
-    (w1, b1), (w2, _) = _conv_params(view, first), _conv_params(view, second)
-    l1, l2 = Layout.of(view, first), Layout.of(view, second)
-    out1 = l1.canonical(w1.astype(np.float64)) / s.reshape(l1.group, -1, 1, 1)
-    view.set_param(first, 1, l1.restore(out1, w1.shape).astype(w1.dtype))
-    if b1 is not None:
-        view.set_param(first, 2, (b1 / s).astype(b1.dtype))
-    in2 = l2.canonical(w2.astype(np.float64)) * s.reshape(l2.group, 1, -1, 1)
-    view.set_param(second, 1, l2.restore(in2, w2.shape).astype(w2.dtype))
+def _scale_channels(view: GraphView, p: _PairParams, s: np.ndarray) -> None:
+    """Divide output channel i of ``p.first`` (weights and bias) by ``s_i``, multiply input channel i of
+    ``p.second`` by it: exact across a positively homogeneous activation (or none)."""
+    out1 = p.l1.canonical(p.w1.astype(np.float64)) / s.reshape(p.l1.group, -1, 1, 1)
+    view.set_param(p.first, 1, p.l1.restore(out1, p.w1.shape).astype(p.w1.dtype))
+    if p.b1 is not None:
+        view.set_param(p.first, 2, (p.b1 / s).astype(p.b1.dtype))
+    in2 = p.l2.canonical(p.w2.astype(np.float64)) * s.reshape(p.l2.group, 1, -1, 1)
+    view.set_param(p.second, 1, p.l2.restore(in2, p.w2.shape).astype(p.w2.dtype))
 
 
 def snap_biases_to_grid(
@@ -266,21 +282,19 @@ def snap_biases_to_grid(
     nodes = {n.name: n for n in view.graph.node}
     done = []
     for pair in pairs:
-        first, second = nodes[pair.first], nodes[pair.second]
-        (w1, b1), (w2, _) = _conv_params(view, first), _conv_params(view, second)
-        if b1 is None or not b1.size:
+        p = _PairParams.load(view, nodes, pair)
+        if p.b1 is None or not p.b1.size:
             continue
-        l1, l2 = Layout.of(view, first), Layout.of(view, second)
-        channels = b1.size
-        out1 = l1.canonical(w1.astype(np.float64)).reshape(channels, -1)
-        in2 = l2.canonical(w2.astype(np.float64)).transpose(0, 2, 1, 3).reshape(channels, -1)
+        channels = p.b1.size
+        out1 = p.l1.canonical(p.w1.astype(np.float64)).reshape(channels, -1)
+        in2 = p.l2.canonical(p.w2.astype(np.float64)).transpose(0, 2, 1, 3).reshape(channels, -1)
         lower, upper = factor_limits(out1, in2, tolerance)
-        f = grid_factors(b1, grid, lower, upper)
+        f = grid_factors(p.b1, grid, lower, upper)
         if np.all(f == 1):
             continue
-        before = rounding_error(b1, grid)
-        _scale_channels(view, first, second, f)
-        after = rounding_error(_conv_params(view, first)[1], grid)
+        before = rounding_error(p.b1, grid)
+        _scale_channels(view, p, f)
+        after = rounding_error(_conv_params(view, p.first)[1], grid)
         done.append(Snapped(pair.first, pair.second, int(np.sum(f != 1)), before, after))
     return done
 
@@ -311,21 +325,19 @@ def absorb_high_biases(
             log.warning("cle: the samples could not be run (%s); no bias moves across plain pairs", exc)
     done = []
     for pair in movable:
-        first, second = nodes[pair.first], nodes[pair.second]
-        (w1, b1), (w2, b2) = _conv_params(view, first), _conv_params(view, second)
-        l1, l2 = Layout.of(view, first), Layout.of(view, second)
-        channels = l1.channels(w1)[1]
-        if l1.transposed:  # its taps overlap unevenly: no per-channel bound from its input's range
+        p = _PairParams.load(view, nodes, pair)
+        channels = p.l1.channels(p.w1)[1]
+        if p.l1.transposed:  # its taps overlap unevenly: no per-channel bound from its input's range
             proven = (np.full(channels, -np.inf), np.full(channels, np.inf))
         else:
-            proven = conv_output_bounds(view, first, l1.canonical(w1), b1)
-        amount = absorption_amount(pair.activation, proven, observed.get(first.output[0]))
+            proven = conv_output_bounds(view, p.first, p.l1.canonical(p.w1), p.b1)
+        amount = absorption_amount(pair.activation, proven, observed.get(p.first.output[0]))
         if not np.any(amount):
             continue
-        shift = second_bias_shift(l2.canonical(w2), amount)
-        old1 = np.zeros(channels) if b1 is None else b1.astype(np.float64)
-        old2 = np.zeros(shift.size) if b2 is None else b2.astype(np.float64)
-        view.set_param(first, 2, (old1 - amount).astype(w1.dtype), f"{first.name}_bias")
-        view.set_param(second, 2, (old2 + shift).astype(w2.dtype), f"{second.name}_bias")
+        shift = second_bias_shift(p.l2.canonical(p.w2), amount)
+        old1 = np.zeros(channels) if p.b1 is None else p.b1.astype(np.float64)
+        old2 = np.zeros(shift.size) if p.b2 is None else p.b2.astype(np.float64)
+        view.set_param(p.first, 2, (old1 - amount).astype(p.w1.dtype), f"{p.first.name}_bias")
+        view.set_param(p.second, 2, (old2 + shift).astype(p.w2.dtype), f"{p.second.name}_bias")
         done.append(Absorbed(pair.first, pair.second, amount))
     return done
