@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import sdk_quant_models as sq
+import tinymodels
 from onnx import TensorProto, helper, numpy_helper
 
 from opendlc import container as dlc
@@ -16,6 +17,7 @@ from opendlc.errors import UsageError
 from opendlc.plugin_manager import get_plugin_manager
 from opendlc.quant import seq_mse as S
 from opendlc.quant.api import quantize
+from opendlc.quant.calibrate import with_outputs
 from opendlc.quant.export import dequantized_values, to_qdq_model
 from opendlc.quant.options import QuantizerOptions
 
@@ -115,30 +117,18 @@ def small_net() -> onnx.ModelProto:
         t("w5", (3, 6)),
         t("b5", (3,), 0.1),
     ]
-    g = helper.make_graph(
-        nodes,
-        "small_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-        inits,
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    return tinymodels.single_io_model(nodes, "small_net", [1, 3, 12, 12], [1, 3], inits)
 
 
 def data(n: int, seed: int = 1) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [{"x": rng.normal(size=(1, 3, 12, 12)).astype(np.float32)} for _ in range(n)]
+    return tinymodels.samples(n, seed, shape=(1, 3, 12, 12))
 
 
 def _float_inputs(model: onnx.ModelProto, names: list[str], samples: list[dict]) -> list[dict]:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return [dict(zip(names, s.run(names, x)[-len(names) :], strict=True)) for x in samples]
+    s = ort.InferenceSession(
+        with_outputs(model, names).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    return [dict(zip(names, s.run(names, x), strict=True)) for x in samples]
 
 
 def _layer_error(node: onnx.NodeProto, w: np.ndarray, wq: np.ndarray, xs: list[np.ndarray]) -> float:

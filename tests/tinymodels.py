@@ -13,6 +13,28 @@ def _init(
     return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
 
 
+def single_io_model(
+    nodes: list[onnx.NodeProto],
+    name: str,
+    x_shape: list[int],
+    y_shape: list[int],
+    inits: list[onnx.TensorProto],
+    opset: int = 17,
+) -> onnx.ModelProto:
+    """A checked model of ``nodes`` reading float ``x`` and giving float ``y``."""
+    g = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
 def conv_net(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """x[1,3,8,8] -> Conv+Relu -> Conv (+ a side Conv) -> Add -> Sigmoid -> Mul -> Reshape -> y[1,256]."""
     rng = np.random.default_rng(seed)
@@ -34,17 +56,7 @@ def conv_net(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
         _init(rng, "w3", (4, 3, 3, 3)),
         numpy_helper.from_array(np.array([1, 256], dtype=np.int64), "shape"),
     ]
-    g = helper.make_graph(
-        nodes,
-        "conv_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
-        inits,
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    return single_io_model(nodes, "conv_net", [1, 3, 8, 8], [1, 256], inits, opset)
 
 
 def dead_channel_conv(bias0: float = 0.5, dead: float = 1e-16) -> onnx.ModelProto:
@@ -55,16 +67,13 @@ def dead_channel_conv(bias0: float = 0.5, dead: float = 1e-16) -> onnx.ModelProt
     w = (rng.normal(size=(4, 3, 3, 3)) * 0.3).astype(np.float32)
     w[0] = rng.normal(size=(3, 3, 3)).astype(np.float32) * dead
     b = np.array([bias0, -0.2, 0.1, 0.3], np.float32)
-    g = helper.make_graph(
+    return single_io_model(
         [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
         "dead_channel_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [1, 3, 8, 8],
+        [1, 4, 8, 8],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
 
 
 def skewed_weight_conv() -> onnx.ModelProto:
@@ -75,16 +84,13 @@ def skewed_weight_conv() -> onnx.ModelProto:
     rng = np.random.default_rng(6)
     w = (rng.normal(size=(8, 256, 1, 1)) * 0.1).astype(np.float32)
     w[1, 0, 0, 0] = 3.0
-    g = helper.make_graph(
+    return single_io_model(
         [helper.make_node("Conv", ["x", "w"], ["y"])],
         "skewed_weight_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [1, 256, 6, 6],
+        [1, 8, 6, 6],
         [numpy_helper.from_array(w, "w")],
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
 
 
 def samples(n: int, seed: int = 1, shape: tuple[int, ...] = (1, 3, 8, 8), name: str = "x") -> list[dict]:
