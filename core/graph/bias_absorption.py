@@ -126,17 +126,9 @@ def observed_channel_ranges(
     model: onnx.ModelProto, tensors: Sequence[str], samples: Iterable[Mapping[str, np.ndarray]]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (axis 1) min and max of ``tensors`` over ``samples``, run on onnxruntime's CPU."""
-    import onnxruntime as ort
+    from opendlc.quant.calibrate import cpu_session, with_outputs  # onnxruntime only when samples run
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in tensors:
-        if name not in known:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(with_outputs(model, tensors))
     wanted = [i.name for i in session.get_inputs()]
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sample in samples:
