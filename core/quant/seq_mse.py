@@ -119,12 +119,18 @@ def find_layers(model: onnx.ModelProto, encodings: EncodingSet) -> tuple[list[La
 
 
 # ---- the rows a layer multiplies its weights with ---------------------------------------------------
+def _conv_geometry(node: onnx.NodeProto, nsp: int) -> tuple[list[int], list[int], int]:
+    """Strides, dilations and group count of a (transposed) convolution with ``nsp`` spatial axes."""
+    strides = list(_attr(node, "strides", [1] * nsp))
+    dil = list(_attr(node, "dilations", [1] * nsp))
+    return strides, dil, int(_attr(node, "group", 1))
+
+
 def _spatial_pads(
     node: onnx.NodeProto, spatial: Sequence[int], kernel: Sequence[int]
 ) -> list[tuple[int, int]]:
     nsp = len(kernel)
-    strides = list(_attr(node, "strides", [1] * nsp))
-    dil = list(_attr(node, "dilations", [1] * nsp))
+    strides, dil, _ = _conv_geometry(node, nsp)
     auto = _attr(node, "auto_pad", b"NOTSET")
     if auto in (b"SAME_UPPER", b"SAME_LOWER"):
         pads = []
@@ -174,10 +180,7 @@ def _patches(
 
 def _conv_rows(node: onnx.NodeProto, x: np.ndarray, w_shape: Sequence[int], rng, max_pos: int) -> np.ndarray:
     kernel = list(w_shape[2:])
-    nsp = len(kernel)
-    strides = list(_attr(node, "strides", [1] * nsp))
-    dil = list(_attr(node, "dilations", [1] * nsp))
-    groups = int(_attr(node, "group", 1))
+    strides, dil, groups = _conv_geometry(node, len(kernel))
     xp = _pad_or_crop(x, _spatial_pads(node, x.shape[2:], kernel))
     return _patches(xp, kernel, strides, dil, groups, rng, max_pos)
 
@@ -189,9 +192,7 @@ def _conv_transpose_rows(
     its elements, padded by dilation * (kernel - 1) - pads (+ output_padding at the end)."""
     kernel = list(w_shape[2:])
     nsp = len(kernel)
-    strides = list(_attr(node, "strides", [1] * nsp))
-    dil = list(_attr(node, "dilations", [1] * nsp))
-    groups = int(_attr(node, "group", 1))
+    strides, dil, groups = _conv_geometry(node, nsp)
     out_pad = list(_attr(node, "output_padding", [0] * nsp))
     p = list(_attr(node, "pads", [0] * 2 * nsp))
     size = [(s - 1) * st + 1 for s, st in zip(x.shape[2:], strides, strict=True)]
