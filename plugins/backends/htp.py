@@ -27,6 +27,7 @@ from opendlc.encodings import EncodingSet
 from opendlc.hookspecs import hookimpl
 from opendlc.plugins.backends.htp_qdq import eight_bit_second_operands, hold_weights_as_htp
 from opendlc.quant.constraints import (
+    consumers,
     fixed_output,
     share_concat_encoding,
     share_input_encoding,
@@ -77,10 +78,10 @@ _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FUSED = ("Relu", "Clip")  # HTP runs these inside the op, with their output encoding
 
 
-def _output_encoding(model: onnx.ModelProto, name: str, encodings: EncodingSet) -> Any:
+def _output_encoding(readers_of: dict[str, list[onnx.NodeProto]], name: str, encodings: EncodingSet) -> Any:
     """The encoding HTP requantizes ``name`` to: its own, or that of a Relu/Clip it feeds alone."""
     while name not in encodings:
-        readers = [n for n in model.graph.node if name in n.input]
+        readers = readers_of.get(name, [])
         if len(readers) != 1 or readers[0].op_type not in _FUSED:
             return None
         name = readers[0].output[0]
@@ -97,13 +98,14 @@ def _with_scale(e: Encoding, scale: float) -> Encoding:
 def widen_tiny_weight_scales(model: onnx.ModelProto, encodings: EncodingSet) -> int:
     """Raise weight scales so every 16-bit requantization multiplier is at least MIN_MULTIPLIER_16."""
     changed = 0
+    readers_of = consumers(model)
     for node in model.graph.node:
         if node.op_type not in _WEIGHTED or len(node.input) < 2:
             continue
         if node.input[0] not in encodings or node.input[1] not in encodings:
             continue
         x, w = encodings[node.input[0]], encodings[node.input[1]]
-        y = _output_encoding(model, node.output[0], encodings)
+        y = _output_encoding(readers_of, node.output[0], encodings)
         if y is None or w.kind != "param" or any(t.dtype != "int" for t in (x, w, y)):
             continue
         if len(x.encodings) != 1 or len(y.encodings) != 1 or max(x.bitwidth, y.bitwidth) < 16:
