@@ -20,6 +20,7 @@ from opendlc.errors import UsageError
 from opendlc.htp.prepare import DEFAULT_SOC, prepare_container
 from opendlc.htp.qdq import QDQ_OPS, lower_for_htp, qdq_model_for
 from opendlc.htp.run import run_record
+from opendlc.quant.export import DEQUANTIZED_SUFFIX
 
 
 @dataclass
@@ -58,9 +59,10 @@ def op_differences(
     cached = prepare_container(container, socs=soc, progress=False, output_tensors=tensors)
     htp = run_record(cached, soc).run(sample)
     lowered, _ = lower_for_htp(qdq_model_for(container))
+    producer = {o: n for n in lowered.graph.node for o in n.output}
     out = []
     for t in tensors:
-        model, inputs, target = _local_model(lowered, t, set(tensors) - {t})
+        model, inputs, target = _local_model(lowered, producer, t, set(tensors) - {t})
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         cpu = session.run([target], {name: htp[v] if v in htp else sample[v] for name, v in inputs.items()})[
             0
@@ -75,18 +77,21 @@ def op_differences(
 
 
 def _local_model(
-    lowered: onnx.ModelProto, tensor: str, encoded: set[str]
+    lowered: onnx.ModelProto, producer: dict[str, onnx.NodeProto], tensor: str, encoded: set[str]
 ) -> tuple[onnx.ModelProto, dict[str, str], str]:
-    """The part of ``lowered`` that computes ``tensor`` from the encoded tensors before it:
-    (model, {its input: the encoded tensor or graph input it is}, its output)."""
+    """The part of ``lowered`` (``producer``: its node making each tensor) that computes ``tensor`` from
+    the encoded tensors before it: (model, {its input: the encoded tensor or graph input it is}, its
+    output)."""
     g = lowered.graph
-    producer = {o: n for n in g.node for o in n.output}
     outputs = {o.name for o in g.output}
-    # the QDQ export names the dequantized value of an encoded tensor t "t__dq" (t itself at the outputs)
-    known = {t if t in outputs else f"{t}__dq": t for t in encoded}
+
+    def dequantized(t: str) -> str:  # the QDQ export's name for t's simulated value (t itself at the outputs)
+        return t if t in outputs else t + DEQUANTIZED_SUFFIX
+
+    known = {dequantized(t): t for t in encoded}
     constants = {i.name for i in g.initializer}
     graph_inputs = {i.name for i in g.input}
-    target = tensor if tensor in outputs else f"{tensor}__dq"
+    target = dequantized(tensor)
     taken: list[onnx.NodeProto] = []
     inputs: set[str] = set()
     seen: set[str] = set()
@@ -101,7 +106,8 @@ def _local_model(
             continue
         taken.append(producer[name])
         stack.extend(producer[name].input)
-    nodes = [n for n in g.node if any(n is t for t in taken)]
+    taken_ids = {id(n) for n in taken}
+    nodes = [n for n in g.node if id(n) in taken_ids]  # in graph order
     read = {i for n in nodes for i in n.input}
     graph = helper.make_graph(
         nodes,
