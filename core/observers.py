@@ -199,6 +199,15 @@ class TensorStats:
         return s
 
 
+_FLOAT32_WHOLE = 2**24  # float32 holds every whole number up to this
+
+
+def _exact_float(whole: np.ndarray) -> np.ndarray:
+    """Whole numbers as float32 where it holds them all exactly, else float64."""
+    small = whole.size == 0 or int(np.abs(whole).max()) <= _FLOAT32_WHOLE
+    return whole.astype(np.float32 if small else np.float64)
+
+
 class StatsGroup:
     """The statistics of many tensors observed together, sample after sample.
 
@@ -255,20 +264,21 @@ class StatsGroup:
             return
         scale, shift = self._element_grids(lengths, grew)
         # x * 2**-e is exact in float32, so every value falls in the bin observe_summary would put it
-        # in; tensor i's bins are numbered from i * bins, for one pass over all tensors.  The work
-        # arrays are kept from sample to sample: allocating them anew costs as much as the arithmetic.
-        if self._work is None or self._work[0].size != values.size:
-            self._work = (np.empty(values.size, dtype=np.float32), np.empty(values.size, dtype=np.int64))
+        # in; tensor i's bins are numbered from i * bins, for one pass over all tensors.  Adding the bin
+        # shift to the floored value is exact too (integers below 2**24 in float32, else float64).  The
+        # work arrays are kept from sample to sample: allocating them anew costs as much as the
+        # arithmetic; np.add.at counts straight into the histograms, without a bincount's temporary.
+        if self._work is None or self._work[0].size != values.size or self._work[0].dtype != shift.dtype:
+            self._work = (np.empty(values.size, dtype=shift.dtype), np.empty(values.size, dtype=np.intp))
         scaled, idx = self._work
         np.multiply(values, scale, out=scaled)
         np.floor(scaled, out=scaled)
+        np.add(scaled, shift, out=scaled)
         np.copyto(idx, scaled, casting="unsafe")
-        np.add(idx, shift, out=idx)
-        flat = self._hist.reshape(-1)
-        counts = np.bincount(idx, minlength=flat.size)  # values lie within their tensor's [lo, hi]: no clip
-        if counts.size != flat.size:
-            raise ValueError("a subsample value lies outside its tensor's observed range")
-        np.add(flat, counts, out=flat)
+        try:
+            np.add.at(self._hist.reshape(-1), idx, 1)  # values lie within their tensor's [lo, hi]: no clip
+        except IndexError:
+            raise ValueError("a subsample value lies outside its tensor's observed range") from None
 
     def refresh(self, indices: Iterable[int]) -> None:
         """Take in what tensors ``indices`` observed outside the group (``TensorStats.observe``)."""
@@ -286,7 +296,7 @@ class StatsGroup:
             scale = np.repeat(np.array([2.0**-s.width_exp for s in self.stats], dtype=np.float32), lengths)
             base = np.arange(len(self.stats), dtype=np.int64) * self.bins
             first = np.array([s.first_bin for s in self.stats], dtype=np.int64)
-            self._grids = (lengths.copy(), scale, np.repeat(base - first, lengths))
+            self._grids = (lengths.copy(), scale, _exact_float(np.repeat(base - first, lengths)))
         else:
             self._rewrite(moved)
         return self._grids[1], self._grids[2]
@@ -299,4 +309,7 @@ class StatsGroup:
             s = self.stats[i]
             a, b = int(ends[i] - lengths[i]), int(ends[i])
             scale[a:b] = 2.0**-s.width_exp
+            if shift.dtype == np.float32 and abs(i * self.bins - s.first_bin) > _FLOAT32_WHOLE:
+                shift = shift.astype(np.float64)  # (only float64 holds it exactly)
+                self._grids = (lengths, scale, shift)
             shift[a:b] = i * self.bins - s.first_bin

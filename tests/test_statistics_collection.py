@@ -26,15 +26,16 @@ def _same(a: TensorStats, b: TensorStats) -> bool:
 
 def test_a_group_observes_exactly_what_each_tensor_would() -> None:
     rng = np.random.default_rng(5)
-    # ranges that grow, shrink, sit far from zero, are constant, or are empty in some samples
-    shapes = [(0.1, 0.0), (3.0, 1.0), (0.01, -40.0), (0.0, 2.0), (5.0, 0.0)]
+    # ranges that grow, shrink, sit far from zero, are constant, or are empty in some samples; the last
+    # is empty at first, then narrow and so far from zero that its bin numbers outgrow float32
+    shapes = [(0.1, 0.0), (3.0, 1.0), (0.01, -40.0), (0.0, 2.0), (5.0, 0.0), (1e-3, 30000.0)]
     group_stats = [TensorStats() for _ in shapes]
     alone = [TensorStats() for _ in shapes]
     group = StatsGroup(group_stats)
     for k in range(12):
         values, lo, hi, n, lengths = [], [], [], [], []
         for i, (spread, centre) in enumerate(shapes):
-            size = 0 if (i == 4 and k % 3 == 0) else int(rng.integers(1, 300))
+            size = 0 if (i == 4 and k % 3 == 0) or (i == 5 and k < 4) else int(rng.integers(1, 300))
             x = (rng.normal(size=size) * spread * (1 + k) + centre).astype(np.float32)
             sub = x[:: 1 + k % 3]
             values.append(sub)
@@ -49,6 +50,43 @@ def test_a_group_observes_exactly_what_each_tensor_would() -> None:
     for g, a in zip(group_stats, alone, strict=True):
         assert _same(g, a)
     assert group_stats[0].hist.sum() > 0 and group_stats[3].min == group_stats[3].max == 2.0
+    assert abs(group_stats[5].first_bin) > 2**24 and group_stats[5].hist.sum() > 0
+
+
+def test_a_group_counts_in_float64_once_bin_numbers_outgrow_float32() -> None:
+    rng = np.random.default_rng(7)
+    # a narrow range far from zero: its first bin is -(2**32 - 2**8), so its bin shift (2048 more) needs
+    # 25 significant bits, which float32 does not have
+    far = np.float32(-(2.0**15) + 2.0**-9) + np.float32(2.0**-9) * rng.integers(0, 5, size=64).astype(
+        np.float32
+    )
+    far[0] = np.float32(-(2.0**15) + 2.0**-9)
+    parts = [rng.normal(size=64).astype(np.float32), far.astype(np.float32)]
+    group_stats, alone = [TensorStats(), TensorStats()], [TensorStats(), TensorStats()]
+    group = StatsGroup(group_stats)
+    for a, x in zip(alone, parts, strict=True):
+        a.observe_summary(float(x.min()), float(x.max()), x.size, x)
+    lo, hi = (
+        np.array([x.min() for x in parts], dtype=np.float64),
+        np.array([x.max() for x in parts], dtype=np.float64),
+    )
+    group.observe_summaries(lo, hi, np.array([64, 64]), np.concatenate(parts), np.array([64, 64]))
+    assert group_stats[1].first_bin == -(2**32 - 2**8)
+    assert all(_same(g, a) for g, a in zip(group_stats, alone, strict=True))
+    # a grid rewritten in place (a range that moved) switches to float64 when it must
+    small = StatsGroup([TensorStats(), TensorStats()])
+    small.observe_summaries(
+        lo[:1].repeat(2),
+        hi[:1].repeat(2),
+        np.array([64, 64]),
+        np.concatenate([parts[0]] * 2),
+        np.array([64, 64]),
+    )
+    assert small._grids is not None and small._grids[2].dtype == np.float32
+    small.stats[1].first_bin = -(2**25) - 1  # (as if its range had moved there)
+    small._rewrite(np.array([1]))
+    shift = small._grids[2]
+    assert shift.dtype == np.float64 and shift[64] == 2048 + 2**25 + 1
 
 
 def test_a_group_takes_one_bin_count() -> None:
