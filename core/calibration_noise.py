@@ -276,8 +276,9 @@ class NoiseOfMany:
             levels = int(first_span[k]) + 1
             chosen = method
             if method == "auto":
-                # both are exact; cells win when the grid has few points compared with the histogram's edges
-                chosen = "cells" if uniform[k] and 4 * (levels + 1) <= iv.count.size else "edges"
+                # both are exact; cells win only when the grid has far fewer points than the histogram
+                # has edges (measured on PP-OCR: with a 2048-bin histogram, 8-bit grids go faster by edges)
+                chosen = "cells" if uniform[k] and 16 * (levels + 1) <= iv.count.size else "edges"
             if chosen == "cells":
                 if not uniform[k]:
                     raise ValueError("the 'cells' evaluation needs the same number of levels in every grid")

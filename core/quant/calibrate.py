@@ -152,9 +152,15 @@ def statistics_model(
     out.CopyFrom(model)
     g = out.graph
 
+    made: dict[tuple[str, bytes], str] = {}
+
     def const(name: str, value: np.ndarray) -> str:
-        g.initializer.append(numpy_helper.from_array(value, f"{_PREFIX}{name}"))
-        return f"{_PREFIX}{name}"
+        # one initializer per distinct value: hundreds of equal ones slow session creation down
+        key = (value.dtype.str + str(value.shape), value.tobytes())
+        if key not in made:
+            g.initializer.append(numpy_helper.from_array(value, f"{_PREFIX}{name}"))
+            made[key] = f"{_PREFIX}{name}"
+        return made[key]
 
     one1d, flat = const("one1d", np.array([1], dtype=np.int64)), const("flat", np.array([-1], dtype=np.int64))
     nodes: list[onnx.NodeProto] = []
