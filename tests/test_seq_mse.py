@@ -281,3 +281,34 @@ def test_centered_gram_measures_the_error_left_after_removing_its_mean():
     y = _output("Conv", w + d, {}, x) - _output("Conv", w, {}, x)
     spread = ((y - y.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum(axis=(0, 2, 3))
     assert np.allclose(S.output_errors(S.weight_rows(layer, d, 1), gram), spread, rtol=1e-3)
+
+
+def test_chosen_weight_encodings_keep_htps_16bit_multiplier_floor_and_biases_follow_them():
+    # with 16-bit activations HTP needs input scale x weight scale / output scale >= 2^-24 (below it the
+    # output is garbage), so the backend widens the scale of a channel of weights about zero.  seq_mse's
+    # candidates are constrained among the activation encodings, so they keep that floor (before: its
+    # narrower candidates ended channel 0 at 0.04 x the floor -- at 8-bit weights and dead=1e-6, 0.2 x,
+    # and the HTP emulator's output there 34439 16-bit steps off the CPU simulation); 32-bit biases are
+    # re-derived from the chosen weight scales
+    opts = QuantizerOptions(
+        weights_bitwidth=4,  # so that seq_mse changes the live channels too
+        act_bitwidth=16,
+        bias_bitwidth=32,
+        use_per_channel_quantization=True,
+        apply_algorithms=["seq_mse"],
+    )
+    model = dlc.Container(model=tinymodels.dead_channel_conv(0.0, dead=1e-8))
+    q = quantize(model, tinymodels.samples(8), opts, progress=False)
+    w = q.encodings["w"].encodings
+    assert q.encodings["w"].source == "seq_mse"  # the search did change the weight encoding
+    s_x, s_y = q.encodings["x"].encodings[0].scale, q.encodings["y"].encodings[0].scale
+    assert min(s_x * e.scale / s_y for e in w) >= 2.0**-24
+    # the final encodings are a fixed point of the backend's constraints
+    again = EncodingSet.from_json(q.encodings.to_json())
+    get_plugin_manager().backends.get("HTP").constrain_encodings(q.model, again)
+    assert [(n, t.encodings) for n, t in again.tensors.items()] == [
+        (n, t.encodings) for n, t in q.encodings.tensors.items()
+    ]
+    b = q.encodings["b"].encodings
+    assert len(b) == len(w)
+    assert np.allclose([e.scale for e in b], [s_x * e.scale for e in w], rtol=1e-6)

@@ -21,8 +21,10 @@ only the tensors that later nodes still need are kept (per retained sample).  ``
 the inputs from the float model instead.
 
 Candidate ranges go through the selected parameter schema (QNN conventions: zero exact, the same
-symmetric/asymmetric form and steps as the other weights) and then the backend's constraints (HTP's
-symmetric per-channel weights), so the chosen encoding is one the pipeline could have produced.
+symmetric/asymmetric form and steps as the other weights) and then the backend's constraints, applied
+among the final activation encodings (HTP: symmetric per-channel weights, and weight scales kept above
+the floor its 16-bit requantization multiplier input x weight / output scale needs), so the chosen
+encoding is one the pipeline could have produced.
 """
 
 from __future__ import annotations
@@ -260,28 +262,30 @@ def output_errors(d_rows: np.ndarray, gram: np.ndarray) -> np.ndarray:
 @dataclass
 class WeightQuantizer:
     """What turns a candidate range into a weight encoding: the parameter schema, the backend's
-    constraints, and the options they take."""
+    constraints, and the options they take.  ``activations`` are the model's activation encodings
+    (final: seq_mse changes only weights); constraints tying a weight to its layer's input and output
+    scales (HTP's 16-bit multiplier floor) see them."""
 
     schema: QuantizationSchema
     backend: object
     model: onnx.ModelProto
     steps: tuple[int, int] | None = None
+    activations: Mapping[str, TensorEncoding] = field(default_factory=dict)
 
     def encode(self, name: str, ranges: np.ndarray, like: TensorEncoding) -> TensorEncoding:
         """An encoding of ``name`` with one encoding per row of ``ranges`` [n, 2] (lo, hi)."""
         bw = like.encodings[0].bitwidth
         steps = self.steps if self.schema.symmetric else None
         encs = [self.schema.encode(float(lo), float(hi), bw, steps=steps) for lo, hi in ranges]
-        out = TensorEncoding(name, "param", encs, like.axis, "int", None, "seq_mse")
-        single = EncodingSet()
-        single.add(out)
+        trial = EncodingSet(dict(self.activations))  # a copy: whatever the constraints do stays in it
+        trial.add(TensorEncoding(name, "param", encs, like.axis, "int", None, "seq_mse"))
         previous = logging.root.manager.disable
         logging.disable(logging.INFO)  # trial encodings: the backend's notes about them are noise
         try:
-            self.backend.constrain_encodings(self.model, single)  # type: ignore[attr-defined]
+            self.backend.constrain_encodings(self.model, trial)  # type: ignore[attr-defined]
         finally:
             logging.disable(previous)
-        return TensorEncoding(name, "param", list(single[name].encodings), like.axis, "int", None, "seq_mse")
+        return TensorEncoding(name, "param", list(trial[name].encodings), like.axis, "int", None, "seq_mse")
 
 
 def channel_ranges(w: np.ndarray, enc: TensorEncoding) -> np.ndarray:
@@ -499,6 +503,7 @@ def seq_mse(
         pm.backends.get(options.target_backend),
         model,
         options.restrict_quantization_steps,
+        {t.name: t for t in encodings.of_kind("activation")},
     )
     layers, skipped = find_layers(model, encodings)
     result = SeqMseResult(skipped=dict(skipped))
