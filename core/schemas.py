@@ -66,6 +66,17 @@ class QuantizationSchema(ABC):
         instead of the full range of the bitwidth; only symmetric schemas take it.
         """
 
+    def encode_each(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> list[Encoding]:
+        """:meth:`encode` of each of many ranges (per-channel candidates come by the hundred).  This
+        default asks :meth:`encode` one range at a time; the built-in schemas build the encodings from
+        :meth:`encode_many` with :func:`encodings_of`, giving exactly the same encodings."""
+        return [
+            self.encode(a, b, bitwidth, steps=steps)
+            for a, b in zip(np.asarray(lo).tolist(), np.asarray(hi).tolist(), strict=True)
+        ]
+
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> EncodedRanges:
@@ -93,6 +104,23 @@ class EncodedRanges:
     qmax: np.ndarray
 
 
+def encodings_of(ranges: EncodedRanges, bitwidth: int, symmetric: bool) -> list[Encoding]:
+    """The encodings of many encoded ranges: min and max are the grid's ends, and grids reaching below
+    zero are stored signed."""
+    return [
+        Encoding(
+            bitwidth, scale, offset, (offset + qmin) * scale, (offset + qmax) * scale, symmetric, qmin < 0
+        )
+        for scale, offset, qmin, qmax in zip(
+            ranges.scale.tolist(),
+            ranges.offset.tolist(),
+            ranges.qmin.tolist(),
+            ranges.qmax.tolist(),
+            strict=True,
+        )
+    ]
+
+
 def sanitize_range(lo: float, hi: float) -> tuple[float, float]:
     """Make a range finite and containing zero, so zero stays exactly representable."""
     lo = 0.0 if not math.isfinite(lo) else lo
@@ -107,18 +135,11 @@ def sanitize_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndar
     return lo, hi
 
 
-def symmetric_encoding(lo: float, hi: float, bitwidth: int, steps: tuple[int, int] | None) -> Encoding:
-    """The signed symmetric encoding of [lo, hi]: offset 0, range [-absmax, absmax]; with ``steps``
-    (qmin, qmax) the scale spreads 2 * absmax over that many steps."""
-    r = symmetric_encodings(np.array([lo]), np.array([hi]), bitwidth, steps)
-    scale = float(r.scale[0])
-    return Encoding(bitwidth, scale, 0, int(r.qmin[0]) * scale, int(r.qmax[0]) * scale, True, True)
-
-
 def symmetric_encodings(
     lo: np.ndarray, hi: np.ndarray, bitwidth: int, steps: tuple[int, int] | None
 ) -> EncodedRanges:
-    """:func:`symmetric_encoding` of many ranges."""
+    """Signed symmetric encodings of many ranges: offset 0, range [-absmax, absmax]; with ``steps``
+    (qmin, qmax) the scale spreads 2 * absmax over that many steps."""
     lo, hi = sanitize_ranges(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
     absmax = np.maximum(-lo, hi)
     if steps is None:

@@ -18,6 +18,7 @@ from opendlc.quant.calibrate import (
     statistics_model,
     subsample_step,
 )
+from opendlc.schemas import Encoding, QuantizationSchema
 
 
 def _same(a: TensorStats, b: TensorStats) -> bool:
@@ -112,6 +113,34 @@ def test_schemas_encode_many_ranges_exactly_as_one_at_a_time(schema, bitwidth, s
         # the grid's ends (with restricted steps, the steps' ends rather than the storage type's)
         assert (many.qmin[i] + many.offset[i]) * many.scale[i] == one.min
         assert (many.qmax[i] + many.offset[i]) * many.scale[i] == one.max
+
+
+@pytest.mark.parametrize("schema", ["asymmetric", "symmetric", "unsignedsymmetric"])
+@pytest.mark.parametrize("bitwidth,steps", [(8, None), (4, None), (8, (-127, 127))])
+def test_schemas_give_each_range_the_encoding_they_give_it_alone(schema, bitwidth, steps) -> None:
+    s = get_plugin_manager().schemas.get(schema)
+    rng = np.random.default_rng(3)
+    lo = np.concatenate([-np.abs(rng.normal(size=100)), np.abs(rng.normal(size=20)), [0.0, -np.inf]])
+    hi = np.concatenate([np.abs(rng.normal(size=100)) * 3, np.abs(rng.normal(size=20)) + 2, [0.0, 5.0]])
+    steps = steps if s.symmetric else None
+    each = s.encode_each(lo, hi, bitwidth, steps=steps)
+    alone = QuantizationSchema.encode_each(s, lo, hi, bitwidth, steps=steps)  # one encode() per range
+    assert each == alone and len(each) == lo.size
+    for e, a in zip(each, lo, strict=True):
+        assert e.is_symmetric == s.symmetric
+        # storage: signed for symmetric grids reaching below zero (an infinite end counts as 0)
+        assert e.signed == (schema == "symmetric" or (schema == "unsignedsymmetric" and -np.inf < a < 0))
+
+
+def test_a_schema_without_batched_encodings_encodes_each_range_alone() -> None:
+    class Halves(QuantizationSchema):
+        name, description, symmetric = "halves", "scale 0.5", False
+
+        def encode(self, lo, hi, bitwidth, *, steps=None):
+            return Encoding(bitwidth, 0.5, int(lo // 0.5), lo, hi)
+
+    got = Halves().encode_each(np.array([-1.0, -2.0]), np.array([1.0, 3.0]), 8)
+    assert got == [Encoding(8, 0.5, -2, -1.0, 1.0), Encoding(8, 0.5, -4, -2.0, 3.0)]
 
 
 def test_subsample_strides_keep_at_most_about_the_budget() -> None:

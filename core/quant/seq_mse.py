@@ -276,7 +276,7 @@ class WeightQuantizer:
         """An encoding of ``name`` with one encoding per row of ``ranges`` [n, 2] (lo, hi)."""
         bw = like.encodings[0].bitwidth
         steps = self.steps if self.schema.symmetric else None
-        encs = [self.schema.encode(float(lo), float(hi), bw, steps=steps) for lo, hi in ranges]
+        encs = self.schema.encode_each(ranges[:, 0], ranges[:, 1], bw, steps=steps)
         trial = EncodingSet(dict(self.activations))  # a copy: whatever the constraints do stays in it
         trial.add(TensorEncoding(name, "param", encs, like.axis, "int", None, "seq_mse"))
         previous = logging.root.manager.disable

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from opendlc.hookspecs import hookimpl
-from opendlc.schemas import DEGENERATE_SCALE, EncodedRanges, Encoding, QuantizationSchema, sanitize_ranges
+from opendlc.schemas import (
+    DEGENERATE_SCALE,
+    EncodedRanges,
+    Encoding,
+    QuantizationSchema,
+    encodings_of,
+    sanitize_ranges,
+)
 
 
 class Asymmetric(QuantizationSchema):
@@ -16,9 +23,12 @@ class Asymmetric(QuantizationSchema):
     def encode(
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
-        r = self.encode_many(np.array([lo]), np.array([hi]), bitwidth)
-        scale, offset, qmax = float(r.scale[0]), int(r.offset[0]), int(r.qmax[0])
-        return Encoding(bitwidth, scale, offset, offset * scale, (offset + qmax) * scale, False, False)
+        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth)[0]
+
+    def encode_each(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> list[Encoding]:
+        return encodings_of(self.encode_many(lo, hi, bitwidth), bitwidth, symmetric=False)
 
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None

@@ -9,7 +9,7 @@ from opendlc.schemas import (
     EncodedRanges,
     Encoding,
     QuantizationSchema,
-    symmetric_encoding,
+    encodings_of,
     symmetric_encodings,
 )
 
@@ -22,7 +22,12 @@ class Symmetric(QuantizationSchema):
     def encode(
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
-        return symmetric_encoding(lo, hi, bitwidth, steps)
+        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth, steps=steps)[0]
+
+    def encode_each(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> list[Encoding]:
+        return encodings_of(symmetric_encodings(lo, hi, bitwidth, steps), bitwidth, symmetric=True)
 
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None

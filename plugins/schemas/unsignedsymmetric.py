@@ -10,6 +10,7 @@ from opendlc.schemas import (
     EncodedRanges,
     Encoding,
     QuantizationSchema,
+    encodings_of,
     sanitize_ranges,
     symmetric_encodings,
 )
@@ -23,9 +24,12 @@ class UnsignedSymmetric(QuantizationSchema):
     def encode(
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
-        r = self.encode_many(np.array([lo]), np.array([hi]), bitwidth, steps=steps)
-        scale, qmin, qmax = float(r.scale[0]), int(r.qmin[0]), int(r.qmax[0])
-        return Encoding(bitwidth, scale, 0, qmin * scale, qmax * scale, True, qmin < 0)
+        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth, steps=steps)[0]
+
+    def encode_each(
+        self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
+    ) -> list[Encoding]:
+        return encodings_of(self.encode_many(lo, hi, bitwidth, steps=steps), bitwidth, symmetric=True)
 
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
