@@ -230,17 +230,37 @@ def _moments_at(
 CELL_CHUNK = 8192  # grid cells evaluated at once by NoiseOfMany (rows x levels)
 
 
+# |u * (u^2 / 3 - 1 / 12)| for |u| <= 1/2 peaks at u = 1 / sqrt(12): the periodic term's bound per unit jump.
+_PERIODIC_MAX = 1.0 / (36.0 * np.sqrt(3.0))
+# Pruning compares bounds with this relative slack, far above the rounding of the sums it compares.
+_PRUNE_SLACK = 1e-6
+
+
+def _abs_prefix(iv: Intervals) -> np.ndarray:
+    return np.concatenate(([0.0], np.cumsum(np.abs(iv.edge_weights[1]))))
+
+
 class NoiseOfMany:
     """:func:`expected_noise` of many tensors' candidates at once (a ``BatchCost`` for
     :func:`~opendlc.calibration_search.search_ranges`): ``intervals[i]`` is the histogram of the
-    ``i``-th searched tensor.  Each candidate gets exactly the number :func:`expected_noise` gives it."""
+    ``i``-th searched tensor.  Each candidate gets exactly the number :func:`expected_noise` gives it.
 
-    def __init__(self, intervals: Sequence[Intervals], *, clip_weight: float = 1.0) -> None:
+    With ``best_only`` (for searches, which keep only each tensor's cheapest candidate), a candidate that
+    provably costs more than another candidate of its tensor in the same batch gets ``inf`` instead:
+    the sub-bin (periodic) term, the bulk of the work, is bounded from the edges inside the grid, and
+    only candidates whose bounds leave them a chance are scored in full.  The ones scored are exactly
+    those numbers, so the cheapest candidate of each tensor is unchanged."""
+
+    def __init__(
+        self, intervals: Sequence[Intervals], *, clip_weight: float = 1.0, best_only: bool = False
+    ) -> None:
         self.intervals = intervals
         self.clip_weight = clip_weight
+        self.best_only = best_only
         self._cells = _Packed(lambda t: list(self.intervals[t].moment_table))
         self._cell_totals: dict[int, tuple[float, float, float]] = {}
-        self._cum = _Packed(lambda t: self.intervals[t].edge_moments)
+        # the edges' moment prefix sums, and (last) the prefix sums of |jump|, which bound the periodic term
+        self._cum = _Packed(lambda t: [*self.intervals[t].edge_moments, _abs_prefix(self.intervals[t])])
         self._edges = _Packed(lambda t: [self.intervals[t].edge_weights[0]])
         self._points = _Packed(lambda t: self._point_masses(t))
         self._scratch = np.empty(0)
@@ -251,13 +271,19 @@ class NoiseOfMany:
         return [iv.left[point], iv.count[point]]
 
     def __call__(self, batch: GridBatch) -> np.ndarray:
-        return self.evaluate(batch.grids, batch.starts, batch.tensors)
+        return self.evaluate(batch.grids, batch.starts, batch.tensors, best_only=self.best_only)
 
     def evaluate(
-        self, grids: CandidateGrids, starts: np.ndarray, tensors: np.ndarray, *, method: str = "auto"
+        self,
+        grids: CandidateGrids,
+        starts: np.ndarray,
+        tensors: np.ndarray,
+        *,
+        method: str = "auto",
+        best_only: bool = False,
     ) -> np.ndarray:
         """The noise of each row of ``grids``: rows ``starts[i]:starts[i + 1]`` are candidates of
-        tensor ``tensors[i]``.  ``method`` as in :func:`expected_noise`."""
+        tensor ``tensors[i]``.  ``method`` as in :func:`expected_noise`; ``best_only`` as in the class."""
         g = grids
         out = np.zeros(len(g))
         if len(g) == 0:
@@ -297,7 +323,7 @@ class NoiseOfMany:
                 out[part] = self._by_cells(g, part, owner[c : c + chunk], members, levels)
         if edges:
             rows, owner = self._rows(starts, edges)
-            out[rows] = self._by_edges(g, rows, owner, [int(tensors[k]) for k in edges])
+            out[rows] = self._by_edges(g, rows, owner, [int(tensors[k]) for k in edges], best_only)
         return out
 
     @staticmethod
@@ -369,7 +395,12 @@ class NoiseOfMany:
         return err.sum(axis=1)
 
     def _by_edges(
-        self, g: CandidateGrids, rows: np.ndarray, owner: np.ndarray, tensors: list[int]
+        self,
+        g: CandidateGrids,
+        rows: np.ndarray,
+        owner: np.ndarray,
+        tensors: list[int],
+        best_only: bool = False,
     ) -> np.ndarray:
         # In grid units t = x/scale, H(t) is the integral of the (weighted) squared error from `first`
         # to t; a bin holding n values uniformly on [a, b] contributes n * scale^2 * (H(b) - H(a)) / (b - a),
@@ -393,7 +424,7 @@ class NoiseOfMany:
         has_edges = (n_edges > 0)[owner]
         base = cum_offset[owner]
         at_lo, at_hi, at_end = base + i_lo, base + i_hi, base + n_edges[owner]
-        cum = self._cum.flat
+        cum, abs_jumps = self._cum.flat[:4], self._cum.flat[4]
         below = [c[at_lo] for c in cum]
         inside = [c[at_hi] - c[at_lo] for c in cum]
         above = [c[at_end] - c[at_hi] for c in cum]
@@ -402,8 +433,22 @@ class NoiseOfMany:
         line = (inside[1] - lo * inside[0]) + (hi - lo) * above[0]
         smooth = scale**2 / 12.0 * line + self.clip_weight / 3.0 * (cube_above - cube_below)
         out += np.where(has_edges, smooth, 0.0)
+        points = self._point_noise(g, rows, owner, tensors)
         widest = np.array([iv.width.max() for iv in ivs])
         fine = np.flatnonzero(has_edges & (widest[owner] < WIDE_BIN_STEPS * scale))
+        scored = np.ones(rows.size, dtype=bool)
+        if best_only and fine.size:
+            # Edges outside the grid add nothing to the periodic term (their u is 0), so it lies within
+            # +-bound; a candidate whose lowest possible noise exceeds another's highest is not scored.
+            bound = np.zeros(rows.size)
+            bound[fine] = scale[fine] ** 3 * _PERIODIC_MAX * (abs_jumps[at_hi[fine]] - abs_jumps[at_lo[fine]])
+            approx = out + points
+            best = np.maximum(np.minimum.reduceat(approx + bound, [s for s, _ in runs]), 0.0)[
+                np.repeat(np.arange(len(runs)), [e - s for s, e in runs])
+            ]
+            low = approx - bound
+            scored = low - best <= _PRUNE_SLACK * (np.abs(approx) + bound + best)
+            fine = fine[scored[fine]]
         if fine.size:
             # Per tensor: the periodic term is a (candidates x edges) matrix times the jumps.
             periodic = np.empty(fine.size)
@@ -422,11 +467,24 @@ class NoiseOfMany:
                 tc *= 1.0 / 3.0
                 tc -= 1.0 / 12.0
                 tc *= u  # u * (u * u / 3 - 1 / 12)
-                periodic[s:e] = tc @ jump
+                periodic[s:e] = np.einsum("ij,j->i", tc, jump)  # (row by row: see _per_tensor_dot)
             out[fine] += scale[fine] ** 3 * periodic
+        out += points
+        out = np.maximum(out, 0.0)
+        out[~scored] = np.inf
+        return out
+
+    def _point_noise(
+        self, g: CandidateGrids, rows: np.ndarray, owner: np.ndarray, tensors: list[int]
+    ) -> np.ndarray:
+        """The noise of point masses (zero-width intervals) under each row's grid: their own error, no
+        spreading."""
+        ivs = [self.intervals[t] for t in tensors]
+        out = np.zeros(rows.size)
         point_offset, n_points = self._points.locate(tensors)
         pointed = np.flatnonzero((n_points > 0)[owner])
-        if pointed.size:  # point masses: their own error, no spreading
+        if pointed.size:
+            scale, first, last = g.scale[rows], g.first[rows], g.last[rows]
             element_row, element, row_start = _expand(n_points[owner[pointed]], point_offset[owner[pointed]])
             r = pointed[element_row]
             lo_k, hi_k = first[r], last[r]
@@ -436,8 +494,8 @@ class NoiseOfMany:
             counts = [
                 iv.count[iv.width <= 0] if n else np.zeros(0) for iv, n in zip(ivs, n_points, strict=True)
             ]
-            out[pointed] += scale[pointed] ** 2 * self._per_tensor_dot(e2, row_start, owner[pointed], counts)
-        return np.maximum(out, 0.0)
+            out[pointed] = scale[pointed] ** 2 * self._per_tensor_dot(e2, row_start, owner[pointed], counts)
+        return out
 
     def _buffers(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
         """Two scratch (rows, cols) arrays, reused from call to call."""
@@ -450,10 +508,11 @@ class NoiseOfMany:
     def _per_tensor_dot(
         flat: np.ndarray, row_start: np.ndarray, owner: np.ndarray, vectors: list[np.ndarray]
     ) -> np.ndarray:
-        """Each row of ``flat`` (rows laid end to end) dotted with its tensor's vector: one
-        matrix-vector product per tensor, so a row's sum does not depend on the rest of the batch."""
+        """Each row of ``flat`` (rows laid end to end) dotted with its tensor's vector: one product per
+        tensor, summed row by row (einsum, unlike BLAS, sums a row the same way whatever rows are with
+        it), so a row's number does not depend on the rest of the batch."""
         out = np.empty(owner.size)
         for s, e in _runs(owner):
             v = vectors[int(owner[s])]
-            out[s:e] = flat[row_start[s] : row_start[e]].reshape(e - s, v.size) @ v
+            out[s:e] = np.einsum("ij,j->i", flat[row_start[s] : row_start[e]].reshape(e - s, v.size), v)
         return out

@@ -219,7 +219,10 @@ def search_ranges(
 ) -> list[tuple[float, float]]:
     """:func:`search_range` of many tensors, run in lockstep: each round the schema encodes every
     tensor's candidates in one call and ``cost`` scores them all at once (a :class:`GridBatch`).  Each
-    tensor's candidates, and so its result, are exactly those of :func:`search_range`."""
+    tensor's candidates, and so its result, are exactly those of :func:`search_range`.
+
+    ``cost`` may give ``inf`` to a candidate that certainly costs more than another candidate of the
+    same tensor in the batch (a bound rules it out); such a number is used for that round only."""
     coarse = shrink_factors() if factors is None else np.asarray(factors, dtype=np.float64)
     results: list[tuple[float, float] | None] = [trivial_range(s) for s in stats]
     ends = [(min(s.min, 0.0), max(s.max, 0.0)) for s in stats]
@@ -235,6 +238,7 @@ def search_ranges(
         pairs = {i: list(zip(asks[i][0].tolist(), asks[i][1].tolist(), strict=True)) for i in order}
         new = {i: list(dict.fromkeys(p for p in pairs[i] if p not in seen[i])) for i in order}
         scored = [i for i in order if new[i]]
+        fresh: dict[int, dict[tuple[float, float], float]] = {}
         if scored:
             counts = [len(new[i]) for i in scored]
             fa, fb = np.array([p for i in scored for p in new[i]], dtype=np.float64).reshape(-1, 2).T
@@ -245,11 +249,13 @@ def search_ranges(
             starts = np.concatenate(([0], np.cumsum(counts)))
             costs = np.asarray(cost(GridBatch(grids, starts, np.array(scored))), dtype=np.float64).tolist()
             for k, i in enumerate(scored):
-                seen[i].update(zip(new[i], costs[starts[k] : starts[k + 1]], strict=True))
+                fresh[i] = dict(zip(new[i], costs[starts[k] : starts[k + 1]], strict=True))
+                # (inf: not the round's best, maybe not scored in full -- not a number to keep)
+                seen[i].update((p, c) for p, c in fresh[i].items() if math.isfinite(c))
         for i in order:
-            memo = seen[i]
+            memo, now = seen[i], fresh.get(i, {})
             try:
-                asks[i] = live[i].send(np.array([memo[p] for p in pairs[i]]))
+                asks[i] = live[i].send(np.array([memo[p] if p in memo else now[p] for p in pairs[i]]))
             except StopIteration as done:
                 a, b = done.value
                 results[i] = (ends[i][0] * a, ends[i][1] * b)
@@ -280,7 +286,7 @@ def minimum_noise_ranges(
     """:func:`minimum_noise_range` of many tensors (the same ranges, searched and scored together)."""
     intervals = [Intervals.of(s) if trivial_range(s) is None else Intervals.of(TensorStats()) for s in stats]
     return search_ranges(
-        stats, schema, bitwidth, NoiseOfMany(intervals, clip_weight=clip_weight), steps=steps
+        stats, schema, bitwidth, NoiseOfMany(intervals, clip_weight=clip_weight, best_only=True), steps=steps
     )
 
 

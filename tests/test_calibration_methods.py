@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -469,6 +470,38 @@ def test_noise_of_many_matches_expected_noise_exactly() -> None:
             pairs = zip(intervals, parts, strict=True)
             want = np.concatenate([expected_noise(iv, p, clip_weight=clip_weight) for iv, p in pairs])
             assert np.array_equal(got, want)
+
+
+def test_noise_for_a_search_scores_in_full_whatever_can_be_a_tensors_best() -> None:
+    # best_only: the numbers given are exact, each tensor's cheapest candidate is among them, and a
+    # candidate given inf is dearer than that cheapest one
+    from opendlc.calibration_search import GridBatch, NoiseOfMany, search_ranges
+
+    stats = [s for s in _varied_stats() if not s.empty and s.min < s.max]
+    intervals = [Intervals.of(s) for s in stats]
+    sch = schema("asymmetric")
+    rng = np.random.default_rng(4)
+    parts = []
+    for s in stats:
+        f = np.concatenate([rng.uniform(0.9, 1.0, size=(2, 8)), rng.uniform(0.01, 0.5, size=(2, 8))], axis=1)
+        parts.append(CandidateGrids.from_ranges(sch, 8, min(s.min, 0.0) * f[0], max(s.max, 0.0) * f[1]))
+    grids = CandidateGrids(
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("lo", "hi", "scale", "first", "last"))
+    )
+    starts = np.arange(len(parts) + 1) * 16
+    batch = GridBatch(grids, starts, np.arange(len(parts)))
+    exact = NoiseOfMany(intervals, clip_weight=3.0)(batch)
+    best_only = NoiseOfMany(intervals, clip_weight=3.0, best_only=True)(batch)
+    kept = np.isfinite(best_only)
+    assert np.array_equal(best_only[kept], exact[kept]) and not kept.all()  # some were ruled out
+    for a, b in itertools.pairwise(starts):
+        assert np.argmin(best_only[a:b]) == np.argmin(exact[a:b])
+        assert np.all(exact[a:b][~kept[a:b]] > exact[a:b].min())
+    # and a whole search with it chooses the ranges a search scoring everything chooses
+    for clip_weight in (1.0, 3.0):
+        full = search_ranges(stats, sch, 8, NoiseOfMany(intervals, clip_weight=clip_weight))
+        pruned = search_ranges(stats, sch, 8, NoiseOfMany(intervals, clip_weight=clip_weight, best_only=True))
+        assert pruned == full
 
 
 def test_noise_of_intervals_off_the_bin_grid() -> None:
