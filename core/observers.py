@@ -202,9 +202,10 @@ class TensorStats:
 _FLOAT32_WHOLE = 2**24  # float32 holds every whole number up to this
 
 
-def _exact_float(whole: np.ndarray) -> np.ndarray:
-    """Whole numbers as float32 where it holds them all exactly, else float64."""
-    small = whole.size == 0 or int(np.abs(whole).max()) <= _FLOAT32_WHOLE
+def _exact_float(whole: np.ndarray, largest_sum: int) -> np.ndarray:
+    """Whole numbers as float32 where it holds them, and every sum up to ``largest_sum``, exactly; else
+    as float64."""
+    small = largest_sum <= _FLOAT32_WHOLE and (whole.size == 0 or int(np.abs(whole).max()) <= _FLOAT32_WHOLE)
     return whole.astype(np.float32 if small else np.float64)
 
 
@@ -265,9 +266,10 @@ class StatsGroup:
         scale, shift = self._element_grids(lengths, grew)
         # x * 2**-e is exact in float32, so every value falls in the bin observe_summary would put it
         # in; tensor i's bins are numbered from i * bins, for one pass over all tensors.  Adding the bin
-        # shift to the floored value is exact too (integers below 2**24 in float32, else float64).  The
-        # work arrays are kept from sample to sample: allocating them anew costs as much as the
-        # arithmetic; np.add.at counts straight into the histograms, without a bincount's temporary.
+        # shift to the floored value is exact too: in float32 only while the shifts and every bin number
+        # (below tensors x bins) stay within 2**24, else in float64.  The work arrays are kept from sample
+        # to sample: allocating them anew costs as much as the arithmetic; np.add.at counts straight
+        # into the histograms, without a bincount's temporary.
         if self._work is None or self._work[0].size != values.size or self._work[0].dtype != shift.dtype:
             self._work = (np.empty(values.size, dtype=shift.dtype), np.empty(values.size, dtype=np.intp))
         scaled, idx = self._work
@@ -275,8 +277,12 @@ class StatsGroup:
         np.floor(scaled, out=scaled)
         np.add(scaled, shift, out=scaled)
         np.copyto(idx, scaled, casting="unsafe")
+        # values lie within their tensor's [lo, hi], so no clip; a value outside is a caller's error, which
+        # np.add.at would not see below zero (negative indices count from the end)
+        if idx.min() < 0:
+            raise ValueError("a subsample value lies outside its tensor's observed range")
         try:
-            np.add.at(self._hist.reshape(-1), idx, 1)  # values lie within their tensor's [lo, hi]: no clip
+            np.add.at(self._hist.reshape(-1), idx, 1)
         except IndexError:
             raise ValueError("a subsample value lies outside its tensor's observed range") from None
 
@@ -296,7 +302,8 @@ class StatsGroup:
             scale = np.repeat(np.array([2.0**-s.width_exp for s in self.stats], dtype=np.float32), lengths)
             base = np.arange(len(self.stats), dtype=np.int64) * self.bins
             first = np.array([s.first_bin for s in self.stats], dtype=np.int64)
-            self._grids = (lengths.copy(), scale, _exact_float(np.repeat(base - first, lengths)))
+            shift = _exact_float(np.repeat(base - first, lengths), len(self.stats) * self.bins)
+            self._grids = (lengths.copy(), scale, shift)
         else:
             self._rewrite(moved)
         return self._grids[1], self._grids[2]
@@ -310,6 +317,6 @@ class StatsGroup:
             a, b = int(ends[i] - lengths[i]), int(ends[i])
             scale[a:b] = 2.0**-s.width_exp
             if shift.dtype == np.float32 and abs(i * self.bins - s.first_bin) > _FLOAT32_WHOLE:
-                shift = shift.astype(np.float64)  # (only float64 holds it exactly)
+                shift = shift.astype(np.float64)  # (only float64 holds it exactly; bin numbers were checked)
                 self._grids = (lengths, scale, shift)
             shift[a:b] = i * self.bins - s.first_bin

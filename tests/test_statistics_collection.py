@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from tinymodels import conv_net, samples
 
 from opendlc.observers import BINS, StatsGroup, TensorStats
@@ -90,6 +90,31 @@ def test_a_group_counts_in_float64_once_bin_numbers_outgrow_float32() -> None:
     assert shift.dtype == np.float64 and shift[64] == 2048 + 2**25 + 1
 
 
+def test_a_group_of_more_bins_than_float32_counts_counts_every_tensor_exactly() -> None:
+    # 8193 tensors x 2048 bins: bin numbers pass 2**24 although every shift is small
+    n = 8193
+    x = np.random.default_rng(0).random(64).astype(np.float32)
+    x[0], x[1], x[2] = 0.0, 1.0, np.float32(0.99999994)  # the last bin too
+    stats = [TensorStats() for _ in range(n)]
+    group = StatsGroup(stats)
+    group.observe_summaries(np.zeros(n), np.ones(n), np.full(n, 64), np.tile(x, n), np.full(n, 64))
+    alone = TensorStats()
+    alone.observe_summary(0.0, 1.0, 64, x)
+    assert _same(stats[0], alone) and _same(stats[-1], alone)
+
+
+def test_a_group_refuses_values_below_their_tensors_range() -> None:
+    group = StatsGroup([TensorStats(), TensorStats()])
+    with pytest.raises(ValueError, match="outside"):
+        group.observe_summaries(
+            np.array([0.0, 0.0]),
+            np.array([1.0, 1.0]),
+            np.array([2, 2]),
+            np.array([-0.5, 0.5, 0.5, 0.5], dtype=np.float32),
+            np.array([2, 2]),
+        )
+
+
 def test_a_group_takes_one_bin_count() -> None:
     with pytest.raises(ValueError):
         StatsGroup([TensorStats(), TensorStats(bins=16)])
@@ -115,21 +140,27 @@ def test_schemas_encode_many_ranges_exactly_as_one_at_a_time(schema, bitwidth, s
         assert (many.qmax[i] + many.offset[i]) * many.scale[i] == one.max
 
 
-@pytest.mark.parametrize("schema", ["asymmetric", "symmetric", "unsignedsymmetric"])
-@pytest.mark.parametrize("bitwidth,steps", [(8, None), (4, None), (8, (-127, 127))])
-def test_schemas_give_each_range_the_encoding_they_give_it_alone(schema, bitwidth, steps) -> None:
+@pytest.mark.parametrize(
+    "schema,steps,lo,hi,want",
+    [
+        # QNN conventions: real = scale * (q + offset), zero exact; float32 scale arithmetic
+        ("asymmetric", None, -1.0, 3.0, (float(np.float32(4) / np.float32(255)), -64, 0, 255, False, False)),
+        ("symmetric", None, -1.0, 3.0, (3 / 127, 0, -128, 127, True, True)),
+        ("symmetric", (-127, 127), -1.0, 3.0, (6 / 254, 0, -127, 127, True, True)),
+        ("unsignedsymmetric", None, 0.0, 3.0, (3 / 255, 0, 0, 255, True, False)),
+        ("unsignedsymmetric", None, -1.0, 3.0, (3 / 127, 0, -128, 127, True, True)),
+    ],
+)
+def test_schemas_encode_each_range_by_the_qnn_conventions(schema, steps, lo, hi, want) -> None:
     s = get_plugin_manager().schemas.get(schema)
-    rng = np.random.default_rng(3)
-    lo = np.concatenate([-np.abs(rng.normal(size=100)), np.abs(rng.normal(size=20)), [0.0, -np.inf]])
-    hi = np.concatenate([np.abs(rng.normal(size=100)) * 3, np.abs(rng.normal(size=20)) + 2, [0.0, 5.0]])
-    steps = steps if s.symmetric else None
-    each = s.encode_each(lo, hi, bitwidth, steps=steps)
-    alone = QuantizationSchema.encode_each(s, lo, hi, bitwidth, steps=steps)  # one encode() per range
-    assert each == alone and len(each) == lo.size
-    for e, a in zip(each, lo, strict=True):
-        assert e.is_symmetric == s.symmetric
-        # storage: signed for symmetric grids reaching below zero (an infinite end counts as 0)
-        assert e.signed == (schema == "symmetric" or (schema == "unsignedsymmetric" and -np.inf < a < 0))
+    scale, offset, qmin, qmax, symmetric, signed = want
+    expected = Encoding(8, scale, offset, (offset + qmin) * scale, (offset + qmax) * scale, symmetric, signed)
+    many = s.encode_each(np.array([lo, 0.0, lo]), np.array([hi, 0.0, hi]), 8, steps=steps)
+    assert many[0] == many[2] == expected == s.encode(lo, hi, 8, steps=steps)
+    # and in a batch, each range gets what it gets alone (a constant-zero range included)
+    assert many == QuantizationSchema.encode_each(
+        s, np.array([lo, 0.0, lo]), np.array([hi, 0.0, hi]), 8, steps=steps
+    )
 
 
 def test_a_schema_without_batched_encodings_encodes_each_range_alone() -> None:
@@ -199,6 +230,19 @@ def test_dynamic_and_unknown_shapes_take_the_generic_path() -> None:
     s = collect_statistics(m, [{"x": x}], ["x", "r"], progress=False)
     assert (s["r"].min, s["r"].max, s["r"].count) == (0.0, 5.0, 50000)
     assert 0 < s["r"].hist.sum() <= HISTOGRAM_SAMPLE + 1
+
+
+def test_the_statistics_model_holds_each_constant_once() -> None:
+    # hundreds of equal Slice starts/ends/axes would each be an initializer to load
+    model = conv_net()
+    tensors = ["x", "c1", "m"]
+    stats_model, _ = statistics_model(model, tensors, histograms=True)
+    own = [
+        i for i in stats_model.graph.initializer if i.name not in {j.name for j in model.graph.initializer}
+    ]
+    values = [(i.data_type, tuple(i.dims), numpy_helper.to_array(i).tobytes()) for i in own]
+    assert len(values) == len(set(values)) and 0 < len(own) < 4 * len(tensors)
+    assert collect_statistics(model, samples(2), tensors, progress=False, workers=1)["c1"].hist.sum() > 0
 
 
 def test_rearranged_tensors_take_their_inputs_encoding_without_being_observed() -> None:
