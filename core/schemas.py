@@ -74,7 +74,7 @@ class QuantizationSchema(ABC):
         :meth:`encode_many` with :func:`encodings_of`, giving exactly the same encodings."""
         return [
             self.encode(a, b, bitwidth, steps=steps)
-            for a, b in zip(np.asarray(lo).tolist(), np.asarray(hi).tolist(), strict=True)
+            for a, b in zip(np.ravel(lo).tolist(), np.ravel(hi).tolist(), strict=True)
         ]
 
     def encode_many(
@@ -104,12 +104,20 @@ class EncodedRanges:
     qmax: np.ndarray
 
 
-def encodings_of(ranges: EncodedRanges, bitwidth: int, symmetric: bool) -> list[Encoding]:
-    """The encodings of many encoded ranges: min and max are the grid's ends, and grids reaching below
-    zero are stored signed."""
+def encodings_of(
+    ranges: EncodedRanges, bitwidth: int, symmetric: bool, *, signed: bool | None = None
+) -> list[Encoding]:
+    """The encodings of many encoded ranges: min and max are the grid's ends; storage is ``signed``, by
+    default signed exactly for grids reaching below zero."""
     return [
         Encoding(
-            bitwidth, scale, offset, (offset + qmin) * scale, (offset + qmax) * scale, symmetric, qmin < 0
+            bitwidth,
+            scale,
+            offset,
+            (offset + qmin) * scale,
+            (offset + qmax) * scale,
+            symmetric,
+            qmin < 0 if signed is None else signed,
         )
         for scale, offset, qmin, qmax in zip(
             ranges.scale.tolist(),
@@ -133,6 +141,12 @@ def sanitize_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndar
     lo = np.minimum(np.where(np.isfinite(lo), lo, 0.0), 0.0)
     hi = np.maximum(np.where(np.isfinite(hi), hi, 0.0), 0.0)
     return lo, hi
+
+
+def symmetric_encoding(lo: float, hi: float, bitwidth: int, steps: tuple[int, int] | None) -> Encoding:
+    """The signed symmetric encoding of [lo, hi] (see :func:`symmetric_encodings`)."""
+    r = symmetric_encodings(np.array([lo]), np.array([hi]), bitwidth, steps)
+    return encodings_of(r, bitwidth, True, signed=True)[0]
 
 
 def symmetric_encodings(

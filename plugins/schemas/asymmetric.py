@@ -28,7 +28,7 @@ class Asymmetric(QuantizationSchema):
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:
-        return encodings_of(self.encode_many(lo, hi, bitwidth), bitwidth, symmetric=False)
+        return encodings_of(self.encode_many(lo, hi, bitwidth), bitwidth, False)
 
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None

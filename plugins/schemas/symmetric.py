@@ -27,7 +27,7 @@ class Symmetric(QuantizationSchema):
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:
-        return encodings_of(symmetric_encodings(lo, hi, bitwidth, steps), bitwidth, symmetric=True)
+        return encodings_of(self.encode_many(lo, hi, bitwidth, steps=steps), bitwidth, True, signed=True)
 
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None

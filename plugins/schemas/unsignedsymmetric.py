@@ -29,7 +29,7 @@ class UnsignedSymmetric(QuantizationSchema):
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:
-        return encodings_of(self.encode_many(lo, hi, bitwidth, steps=steps), bitwidth, symmetric=True)
+        return encodings_of(self.encode_many(lo, hi, bitwidth, steps=steps), bitwidth, True)
 
     def encode_many(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
