@@ -271,7 +271,7 @@ class NoiseOfMany:
         return [iv.left[point], iv.count[point]]
 
     def __call__(self, batch: GridBatch) -> np.ndarray:
-        return self.evaluate(batch.grids, batch.starts, batch.tensors, best_only=self.best_only)
+        return self.evaluate(batch.grids, batch.starts, batch.tensors)
 
     def evaluate(
         self,
@@ -280,10 +280,10 @@ class NoiseOfMany:
         tensors: np.ndarray,
         *,
         method: str = "auto",
-        best_only: bool = False,
     ) -> np.ndarray:
         """The noise of each row of ``grids``: rows ``starts[i]:starts[i + 1]`` are candidates of
-        tensor ``tensors[i]``.  ``method`` as in :func:`expected_noise`; ``best_only`` as in the class."""
+        tensor ``tensors[i]``.  ``method`` as in :func:`expected_noise`; with ``best_only`` (see the
+        class), a candidate ruled out gets ``inf``."""
         g = grids
         out = np.zeros(len(g))
         if len(g) == 0:
@@ -302,8 +302,9 @@ class NoiseOfMany:
             levels = int(first_span[k]) + 1
             chosen = method
             if method == "auto":
-                # both are exact; cells win only when the grid has far fewer points than the histogram
-                # has edges (measured on PP-OCR: with a 2048-bin histogram, 8-bit grids go faster by edges)
+                # the same model (edges drop only the sub-bin term of bins >= WIDE_BIN_STEPS steps wide);
+                # cells cost less only when the grid has far fewer points than the histogram has
+                # intervals (measured on PP-OCR: with 2048 bins, 8-bit grids go faster by edges)
                 chosen = "cells" if uniform[k] and 16 * (levels + 1) <= iv.count.size else "edges"
             if chosen == "cells":
                 if not uniform[k]:
@@ -323,7 +324,7 @@ class NoiseOfMany:
                 out[part] = self._by_cells(g, part, owner[c : c + chunk], members, levels)
         if edges:
             rows, owner = self._rows(starts, edges)
-            out[rows] = self._by_edges(g, rows, owner, [int(tensors[k]) for k in edges], best_only)
+            out[rows] = self._by_edges(g, rows, owner, [int(tensors[k]) for k in edges])
         return out
 
     @staticmethod
@@ -400,7 +401,6 @@ class NoiseOfMany:
         rows: np.ndarray,
         owner: np.ndarray,
         tensors: list[int],
-        best_only: bool = False,
     ) -> np.ndarray:
         # In grid units t = x/scale, H(t) is the integral of the (weighted) squared error from `first`
         # to t; a bin holding n values uniformly on [a, b] contributes n * scale^2 * (H(b) - H(a)) / (b - a),
@@ -437,17 +437,18 @@ class NoiseOfMany:
         widest = np.array([iv.width.max() for iv in ivs])
         fine = np.flatnonzero(has_edges & (widest[owner] < WIDE_BIN_STEPS * scale))
         scored = np.ones(rows.size, dtype=bool)
-        if best_only and fine.size:
+        if self.best_only and fine.size:
             # Edges outside the grid add nothing to the periodic term (their u is 0), so it lies within
             # +-bound; a candidate whose lowest possible noise exceeds another's highest is not scored.
             bound = np.zeros(rows.size)
             bound[fine] = scale[fine] ** 3 * _PERIODIC_MAX * (abs_jumps[at_hi[fine]] - abs_jumps[at_lo[fine]])
             approx = out + points
-            best = np.maximum(np.minimum.reduceat(approx + bound, [s for s, _ in runs]), 0.0)[
+            # (fmin: a NaN candidate neither sets the bar nor is ruled out)
+            best = np.maximum(np.fmin.reduceat(approx + bound, [s for s, _ in runs]), 0.0)[
                 np.repeat(np.arange(len(runs)), [e - s for s, e in runs])
             ]
             low = approx - bound
-            scored = low - best <= _PRUNE_SLACK * (np.abs(approx) + bound + best)
+            scored = ~(low - best > _PRUNE_SLACK * (np.abs(approx) + bound + best))
             fine = fine[scored[fine]]
         if fine.size:
             # Per tensor: the periodic term is a (candidates x edges) matrix times the jumps.
