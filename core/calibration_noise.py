@@ -71,9 +71,13 @@ class Intervals:
     def total(self) -> float:
         return float(self.count.sum())
 
-    @property
+    @cached_property
     def width(self) -> np.ndarray:
         return self.right - self.left
+
+    @cached_property
+    def widest(self) -> float:
+        return float(self.width.max()) if self.width.size else 0.0
 
     @cached_property
     def moment_table(self) -> np.ndarray:
@@ -434,7 +438,7 @@ class NoiseOfMany:
         smooth = scale**2 / 12.0 * line + self.clip_weight / 3.0 * (cube_above - cube_below)
         out += np.where(has_edges, smooth, 0.0)
         points = self._point_noise(g, rows, owner, tensors)
-        widest = np.array([iv.width.max() for iv in ivs])
+        widest = np.array([iv.widest for iv in ivs])
         fine = np.flatnonzero(has_edges & (widest[owner] < WIDE_BIN_STEPS * scale))
         scored = np.ones(rows.size, dtype=bool)
         if self.best_only and fine.size:
@@ -480,7 +484,6 @@ class NoiseOfMany:
     ) -> np.ndarray:
         """The noise of point masses (zero-width intervals) under each row's grid: their own error, no
         spreading."""
-        ivs = [self.intervals[t] for t in tensors]
         out = np.zeros(rows.size)
         point_offset, n_points = self._points.locate(tensors)
         pointed = np.flatnonzero((n_points > 0)[owner])
@@ -492,8 +495,9 @@ class NoiseOfMany:
             tp = self._points.flat[0][element] / scale[r]
             q = np.clip(np.rint(tp), lo_k, hi_k)
             e2 = (tp - q) ** 2 * np.where((tp < lo_k) | (tp > hi_k), self.clip_weight, 1.0)
+            flat_counts = self._points.flat[1]
             counts = [
-                iv.count[iv.width <= 0] if n else np.zeros(0) for iv, n in zip(ivs, n_points, strict=True)
+                flat_counts[o : o + n] for o, n in zip(point_offset.tolist(), n_points.tolist(), strict=True)
             ]
             out[pointed] = scale[pointed] ** 2 * self._per_tensor_dot(e2, row_start, owner[pointed], counts)
         return out
