@@ -149,6 +149,10 @@ class TensorStats:
         first = math.floor(lo / 2.0**e)
         hist = np.zeros(self.bins, dtype=np.int64)
         for p in parts:
+            if p.width_exp == e:  # the same bin width: the bins line up, shifted (the usual case)
+                d = p.first_bin - first
+                hist[d:] += p.hist[: self.bins - d]
+                continue
             idx = np.nonzero(p.hist)[0]
             np.add.at(hist, ((idx + p.first_bin) >> (e - p.width_exp)) - first, p.hist[idx])
         out.count = sum(p.count for p in parts)

@@ -59,6 +59,28 @@ def test_statistics_of_halves_merge_into_the_whole():
     assert merged.hist.size == whole.hist.size == TensorStats().bins
 
 
+def test_merging_aligns_bins_of_equal_and_of_different_widths():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=4000)
+    whole = TensorStats.of(x)
+    kinds = set()
+    for halves in [(x[::2], x[1::2])] + [(x[x < c], x[x >= c]) for c in (0.0, -1.0, 1.5, 2.5)]:
+        parts = [TensorStats.of(h) for h in halves]
+        for p in parts:  # a part's bins line up with the whole's (maybe shifted) or are coarsened
+            same = p.width_exp == whole.width_exp
+            kinds.add(
+                "shifted" if same and p.first_bin != whole.first_bin else "aligned" if same else "coarsened"
+            )
+        for merged in (parts[0].merge(parts[1]), parts[1].merge(parts[0])):
+            assert (merged.width_exp, merged.first_bin, merged.count) == (
+                whole.width_exp,
+                whole.first_bin,
+                whole.count,
+            )
+            assert np.array_equal(merged.hist, whole.hist)
+    assert kinds == {"aligned", "shifted", "coarsened"}
+
+
 def test_min_max_asymmetric_8bit_equals_onnxruntime_minmax(tmp_path, net):
     """Our min-max asymmetric 8-bit activation encodings equal ONNX Runtime's MinMax QUInt8 ones."""
     data = samples(8)
