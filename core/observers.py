@@ -120,7 +120,10 @@ class TensorStats:
             self.min, self.max = lo, hi
             return
         hist = np.zeros(self.bins, dtype=np.int64)
-        if self.count:
+        if self.count and e == self.width_exp:  # the range grew downwards within the bin width: a shift
+            d = self.first_bin - first
+            hist[d:] = self.hist[: self.bins - d]
+        elif self.count:
             shift = e - self.width_exp
             old_first = self.first_bin
             old_idx = np.nonzero(self.hist)[0]

@@ -59,6 +59,19 @@ def test_statistics_of_halves_merge_into_the_whole():
     assert merged.hist.size == whole.hist.size == TensorStats().bins
 
 
+def test_observing_batch_by_batch_gives_the_statistics_of_all_at_once():
+    rng = np.random.default_rng(5)
+    # ranges that grow downwards within the same bin width (the bins shift), then past it (they merge)
+    batches = [rng.uniform(1.0, 1.9, 300), rng.uniform(0.95, 1.8, 300), rng.uniform(0.9, 1.85, 300)]
+    batches += [rng.uniform(-3.0, 1.0, 300), rng.normal(size=300) * 0.01 + 5.0]
+    seen = TensorStats()
+    for k, b in enumerate(batches):
+        seen.observe(b)
+        once = TensorStats.of(np.concatenate(batches[: k + 1]))
+        assert (seen.width_exp, seen.first_bin, seen.count) == (once.width_exp, once.first_bin, once.count)
+        assert np.array_equal(seen.hist, once.hist), k
+
+
 def test_merging_aligns_bins_of_equal_and_of_different_widths():
     rng = np.random.default_rng(4)
     x = rng.normal(size=4000)
