@@ -34,8 +34,9 @@ class Backend:
     """A runtime a model can target, and the quantization it supports.
 
     Subclass and override :meth:`constrain_encodings` to apply the operator constraints the runtime
-    needs (fixed output encodings, encodings shared across data-movement ops), and
-    :meth:`match_qdq_model` where the runtime's arithmetic differs from the QDQ model's on a CPU.
+    needs (fixed output encodings, encodings shared across data-movement ops; :meth:`constrain_parameter`
+    for one weight, if that can be quicker), and :meth:`match_qdq_model` where the runtime's arithmetic
+    differs from the QDQ model's on a CPU.
     """
 
     name: str  # upper-case, e.g. "HTP"
@@ -52,6 +53,16 @@ class Backend:
     def constrain_encodings(self, model: onnx.ModelProto, encodings: Any) -> Any:
         """Return ``encodings`` adjusted to what this runtime needs; the default changes nothing."""
         return encodings
+
+    def constrain_parameter(self, model: onnx.ModelProto, encodings: Any, name: str) -> None:
+        """Adjust, in place, parameter ``name``'s encoding in ``encodings`` (which holds the final
+        activation encodings) to what this runtime needs, as :meth:`constrain_encodings` would.
+
+        Algorithms that try many encodings of one weight (seq_mse) call this once per candidate; the
+        default runs :meth:`constrain_encodings` on the whole set, so a backend overrides it only to be
+        quicker, applying just the constraints that concern one parameter.
+        """
+        self.constrain_encodings(model, encodings)
 
     def match_qdq_model(self, model: onnx.ModelProto, encodings: Any) -> None:
         """Rewrite ``model`` in place so that onnxruntime's CPU computes what this runtime computes.

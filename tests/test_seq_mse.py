@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -312,3 +314,31 @@ def test_chosen_weight_encodings_keep_htps_16bit_multiplier_floor_and_biases_fol
     b = q.encodings["b"].encodings
     assert len(b) == len(w)
     assert np.allclose([e.scale for e in b], [s_x * e.scale for e in w], rtol=1e-6)
+
+
+def test_htp_constrains_one_weight_as_it_constrains_the_whole_set():
+    # constrain_parameter (what seq_mse calls per candidate) is constrain_encodings restricted to one
+    # weight: per-channel weights made symmetric, scales widened to the 16-bit multiplier floor
+    opts = QuantizerOptions(act_bitwidth=16, bias_bitwidth=32, use_per_channel_quantization=True)
+    q = quantize(
+        dlc.Container(model=tinymodels.dead_channel_conv(0.0, dead=1e-8)), tinymodels.samples(8), opts
+    )
+    htp = get_plugin_manager().backends.get("HTP")
+    w = q.encodings["w"]
+    # an asymmetric candidate with a channel far below the floor
+    narrow = [
+        dataclasses.replace(e, scale=e.scale * 1e-3, offset=-3, is_symmetric=False) for e in w.encodings
+    ]
+    results = []
+    for constrain in (
+        lambda s: htp.constrain_encodings(q.model, s),
+        lambda s: htp.constrain_parameter(q.model, s, "w"),
+    ):
+        trial = EncodingSet.from_json(q.encodings.to_json())
+        trial.add(dataclasses.replace(w, encodings=narrow))
+        constrain(trial)
+        results.append(trial["w"].encodings)
+    assert results[0] == results[1] != narrow
+    assert all(e.is_symmetric and e.offset == 0 for e in results[1])
+    s_x, s_y = q.encodings["x"].encodings[0].scale, q.encodings["y"].encodings[0].scale
+    assert min(s_x * e.scale / s_y for e in results[1]) >= 2.0**-24

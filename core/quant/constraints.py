@@ -90,11 +90,14 @@ def share_concat_encoding(model: onnx.ModelProto, encodings: EncodingSet) -> int
     return changed
 
 
-def symmetric_per_channel_weights(encodings: EncodingSet) -> int:
+def symmetric_per_channel_weights(encodings: EncodingSet, only: str | None = None) -> int:
     """Per-channel weight encodings made symmetric (signed, offset 0) over each channel's absolute range,
-    for runtimes that only support symmetric per-channel weights."""
+    for runtimes that only support symmetric per-channel weights (with ``only``, that weight's alone)."""
     changed = 0
-    for t in encodings.of_kind("param"):
+    params = encodings.of_kind("param") if only is None else [encodings[only]] if only in encodings else []
+    for t in params:
+        if t.kind != "param":
+            continue
         if (
             t.dtype != "int"
             or len(t.encodings) < 2

@@ -46,6 +46,7 @@ from opendlc.progress import track
 from opendlc.quant.calibrate import cpu_session
 from opendlc.quant.export import dequantized_values, to_qdq_model
 from opendlc.schemas import QuantizationSchema
+from opendlc.targets import Backend
 
 log = logging.getLogger("opendlc.quant.seq_mse")
 
@@ -267,7 +268,7 @@ class WeightQuantizer:
     scales (HTP's 16-bit multiplier floor) see them."""
 
     schema: QuantizationSchema
-    backend: object
+    backend: Backend
     model: onnx.ModelProto
     steps: tuple[int, int] | None = None
     activations: Mapping[str, TensorEncoding] = field(default_factory=dict)
@@ -282,7 +283,7 @@ class WeightQuantizer:
         previous = logging.root.manager.disable
         logging.disable(logging.INFO)  # trial encodings: the backend's notes about them are noise
         try:
-            self.backend.constrain_encodings(self.model, trial)  # type: ignore[attr-defined]
+            self.backend.constrain_parameter(self.model, trial, name)
         finally:
             logging.disable(previous)
         return TensorEncoding(name, "param", list(trial[name].encodings), like.axis, "int", None, "seq_mse")

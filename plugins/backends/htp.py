@@ -18,7 +18,9 @@ HTP holds them (signed int8 per output channel), and a MatMul of two 16-bit acti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -78,10 +80,13 @@ _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FUSED = ("Relu", "Clip")  # HTP runs these inside the op, with their output encoding
 
 
-def _output_encoding(readers_of: dict[str, list[onnx.NodeProto]], name: str, encodings: EncodingSet) -> Any:
-    """The encoding HTP requantizes ``name`` to: its own, or that of a Relu/Clip it feeds alone."""
+def _output_encoding(
+    readers_of: Callable[[], dict[str, list[onnx.NodeProto]]], name: str, encodings: EncodingSet
+) -> Any:
+    """The encoding HTP requantizes ``name`` to: its own, or that of a Relu/Clip it feeds alone
+    (``readers_of`` gives the model's readers map, built only if needed)."""
     while name not in encodings:
-        readers = readers_of.get(name, [])
+        readers = readers_of().get(name, [])
         if len(readers) != 1 or readers[0].op_type not in _FUSED:
             return None
         name = readers[0].output[0]
@@ -95,11 +100,17 @@ def _with_scale(e: Encoding, scale: float) -> Encoding:
     )
 
 
-def widen_tiny_weight_scales(model: onnx.ModelProto, encodings: EncodingSet) -> int:
-    """Raise weight scales so every 16-bit requantization multiplier is at least MIN_MULTIPLIER_16."""
+def widen_tiny_weight_scales(model: onnx.ModelProto, encodings: EncodingSet, only: str | None = None) -> int:
+    """Raise weight scales so every 16-bit requantization multiplier is at least MIN_MULTIPLIER_16 (with
+    ``only``, that weight's alone)."""
     changed = 0
-    readers_of = consumers(model)
-    for node in model.graph.node:
+    nodes = model.graph.node
+    if only is not None:
+        nodes = [n for n in nodes if n.op_type in _WEIGHTED and len(n.input) >= 2 and n.input[1] == only]
+        if not nodes:
+            return 0
+    readers_of = functools.cache(lambda: consumers(model))  # (most outputs have their own encoding)
+    for node in nodes:
         if node.op_type not in _WEIGHTED or len(node.input) < 2:
             continue
         if node.input[0] not in encodings or node.input[1] not in encodings:
@@ -135,6 +146,12 @@ class HtpBackend(Backend):
             if n:
                 log.info("HTP constraints: %d encodings %s", n, what)
         return encodings
+
+    def constrain_parameter(self, model: onnx.ModelProto, encodings: Any, name: str) -> None:
+        # of constrain_encodings' rules, only these two touch weights
+        assert isinstance(encodings, EncodingSet)
+        symmetric_per_channel_weights(encodings, only=name)
+        widen_tiny_weight_scales(model, encodings, only=name)
 
     def match_qdq_model(self, model: onnx.ModelProto, encodings: Any) -> None:
         assert isinstance(encodings, EncodingSet)
