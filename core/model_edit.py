@@ -19,6 +19,15 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in inits]
 
 
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Every tensor's readers: the nodes taking it as an input, in graph order."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """The type (with the shape, where known) of every tensor onnx's shape inference can tell: the
     graph's inputs, outputs and value_info after inference.  Best effort: when inference fails (e.g. a

@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from opendlc.encodings import EncodingSet, TensorEncoding
+from opendlc.model_edit import consumers
 from opendlc.schemas import Encoding
 
 log = logging.getLogger("opendlc.convert.qdq")
@@ -91,10 +92,7 @@ def extract_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, EncodingSet]:
     g = model_out.graph
     consts = constant_values(model_out)
     producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    readers = consumers(model_out)
     graph_inputs = {v.name for v in g.input}
     graph_outputs = {o.name for o in g.output}
     encodings = EncodingSet()
@@ -148,7 +146,7 @@ def extract_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, EncodingSet]:
                     float_name = relus[float_name].output[0]
             drop.add(id(dq))
             # the QuantizeLinear goes too, unless something other than a DequantizeLinear reads it
-            if all(c.op_type == "DequantizeLinear" for c in consumers.get(q.output[0], [])) and (
+            if all(c.op_type == "DequantizeLinear" for c in readers.get(q.output[0], [])) and (
                 q.output[0] not in graph_outputs
             ):
                 drop.add(id(q))

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from opendlc.container import Container
 from opendlc.errors import NotAvailableError, UsageError
-from opendlc.model_edit import inferred_types
+from opendlc.model_edit import consumers, inferred_types
 from opendlc.qdq_import import constant_values
 
 BUFFER_TYPES = ("float32", "fixedPoint8", "fixedPoint16")
@@ -182,14 +182,6 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
-def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
 def lower_for_htp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """The same quantized arithmetic, in the QDQ shapes onnxruntime's QNN EP maps onto quantized HTP ops.
 
@@ -231,7 +223,7 @@ _MOVES_VALUES = {
 
 def _requantize_data_movement(model: onnx.ModelProto) -> int:
     consts = constant_values(model)
-    producers, readers = _producers(model), _readers(model)
+    producers, readers = _producers(model), consumers(model)
     before_op: dict[str, list[onnx.NodeProto]] = {}  # op output -> nodes to put before the op
     for node in model.graph.node:
         if node.op_type not in _MOVES_VALUES or len(node.output) != 1:
@@ -322,7 +314,7 @@ def _activation_exact(node: onnx.NodeProto, enc: _Enc, consts: dict[str, onnx.Te
 
 def _encode_fused_activations(model: onnx.ModelProto) -> int:
     consts = constant_values(model)
-    producers, readers = _producers(model), _readers(model)
+    producers, readers = _producers(model), consumers(model)
     before_act: dict[str, list[onnx.NodeProto]] = {}  # activation output -> the Q/DQ to put before it
     for act in [n for n in model.graph.node if n.op_type in ("Relu", "Clip")]:
         src = act.input[0]

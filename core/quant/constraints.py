@@ -8,17 +8,10 @@ from collections.abc import Callable
 import onnx
 
 from opendlc.encodings import EncodingSet, TensorEncoding
+from opendlc.model_edit import consumers as consumers  # (backend plugins read it from here)
 from opendlc.schemas import Encoding
 
 log = logging.getLogger("opendlc.quant.constraints")
-
-
-def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
 
 
 def fixed_output(

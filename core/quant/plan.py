@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from opendlc.model_edit import graph_inputs
+from opendlc.model_edit import consumers, graph_inputs
 
 # op type -> input indices whose constant values are quantized parameters
 PARAM_INPUTS: dict[str, tuple[int, ...]] = {
@@ -48,10 +48,7 @@ FUSES_ACTIVATION = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", 
 
 def fused_preactivations(model: onnx.ModelProto) -> set[str]:
     """Tensors between an op and the Relu/Clip fused into it."""
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = consumers(model)
     outputs = {o.name for o in model.graph.output}
     fused = set()
     for n in model.graph.node:
