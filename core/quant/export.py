@@ -97,8 +97,15 @@ def quantized_constant(
     else:
         values = numpy_helper.from_array(q, q_name)
     scale, zp = scales_zero_points(t)
-    zero_point = helper.make_tensor(zero_point_name, onnx_type, list(zp.shape), zp.reshape(-1).tolist())
-    return values, numpy_helper.from_array(scale, scale_name), zero_point
+    return values, numpy_helper.from_array(scale, scale_name), zero_point_tensor(zp, t, zero_point_name)
+
+
+def zero_point_tensor(zp: np.ndarray, t: TensorEncoding, name: str) -> TensorProto:
+    """The zero-point initializer of encoding ``t`` (``zp`` from :func:`scales_zero_points`)."""
+    onnx_type, np_type = storage_types(t)
+    if t.encodings[0].bitwidth == 4:  # numpy has no 4-bit type: onnx's helper packs the values
+        return helper.make_tensor(name, onnx_type, list(zp.shape), zp.reshape(-1).tolist())
+    return numpy_helper.from_array(zp.astype(np_type), name)
 
 
 def _needs_ms_domain(encodings: EncodingSet, opset: int) -> bool:
@@ -136,12 +143,7 @@ def to_qdq_model(container: Container) -> onnx.ModelProto:
         scale, zp = scales_zero_points(t)
         tag = dst.replace("/", "_")
         s_name, z_name = f"{tag}__scale", f"{tag}__zero_point"
-        new_inits.append(numpy_helper.from_array(scale, s_name))
-        zp_t = numpy_helper.from_array(zp.astype(storage_types(t)[1]), z_name)
-        zp_t.data_type = storage_types(t)[0]
-        if t.encodings[0].bitwidth == 4:  # 4-bit zero points are stored packed by onnx helpers
-            zp_t = helper.make_tensor(z_name, storage_types(t)[0], list(zp.shape), zp.reshape(-1).tolist())
-        new_inits.append(zp_t)
+        new_inits.extend([numpy_helper.from_array(scale, s_name), zero_point_tensor(zp, t, z_name)])
         kw = {"axis": t.axis} if scale.ndim else {}
         return [
             helper.make_node("QuantizeLinear", [src, s_name, z_name], [f"{tag}__q"], domain=domain, **kw),
