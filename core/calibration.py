@@ -7,7 +7,7 @@ scale/offset.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,18 +26,30 @@ class CalibrationOptions:
 
 
 class CalibrationMethod(ABC):
-    """Chooses the range of an encoding.  Subclasses are registered through a plugin."""
+    """Chooses the range of an encoding.  Subclasses are registered through a plugin.
+
+    A subclass implements :meth:`choose_range` (one tensor) or :meth:`choose_ranges` (many at once, for
+    methods that search and gain from scoring all tensors together); each defaults to the other.
+    """
 
     name: str
     description: str
     # Whether the method reads the histogram; methods that do not let calibration skip building it.
     needs_histogram: bool = True
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if (
+            cls.choose_range is CalibrationMethod.choose_range
+            and cls.choose_ranges is CalibrationMethod.choose_ranges
+        ):
+            raise TypeError(f"{cls.__name__} must implement choose_range or choose_ranges")
+
     def choose_range(
         self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
     ) -> tuple[float, float]:
         """The (min, max) range to encode, given the collected statistics."""
+        return self.choose_ranges([stats], bitwidth=bitwidth, schema=schema, options=options)[0]
 
     def choose_ranges(
         self,
@@ -47,6 +59,6 @@ class CalibrationMethod(ABC):
         schema: QuantizationSchema,
         options: CalibrationOptions,
     ) -> list[tuple[float, float]]:
-        """:meth:`choose_range` of many tensors (same bitwidth, schema and options).  Methods that
-        search may override it to work on all tensors at once; the ranges must be the same."""
+        """:meth:`choose_range` of many tensors (same bitwidth, schema and options); the ranges must be
+        those :meth:`choose_range` gives each tensor alone."""
         return [self.choose_range(s, bitwidth=bitwidth, schema=schema, options=options) for s in stats]

@@ -297,11 +297,6 @@ class MinimumNoiseMethod(CalibrationMethod):
 
     clip_weight: float = 1.0
 
-    def choose_range(
-        self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
-    ) -> tuple[float, float]:
-        return self.choose_ranges([stats], bitwidth=bitwidth, schema=schema, options=options)[0]
-
     def choose_ranges(
         self,
         stats: Sequence[TensorStats],

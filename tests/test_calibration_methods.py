@@ -550,3 +550,21 @@ def test_kl_of_many_matches_kl_divergence_exactly() -> None:
             want = np.concatenate([kl_divergence(stats[i], parts[i]) for i in order])
             assert np.isfinite(want).sum() > len(parts)  # most tensors are judged
             assert np.array_equal(got, want)
+
+
+def test_a_method_implements_one_of_choose_range_and_choose_ranges() -> None:
+    from opendlc.calibration import CalibrationMethod, CalibrationOptions
+
+    class Whole(CalibrationMethod):
+        name, description = "whole-list", "the first tensor's range for all"
+
+        def choose_ranges(self, stats, *, bitwidth, schema, options):
+            return [(stats[0].min, stats[0].max)] * len(stats)
+
+    s = TensorStats.of(np.array([-1.0, 2.0]))
+    got = Whole().choose_range(s, bitwidth=8, schema=schema("asymmetric"), options=CalibrationOptions())
+    assert got == (-1.0, 2.0)
+    with pytest.raises(TypeError, match="choose_range or choose_ranges"):
+
+        class Neither(CalibrationMethod):
+            name, description = "neither", "no range at all"

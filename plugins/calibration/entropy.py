@@ -22,11 +22,6 @@ class Entropy(CalibrationMethod):
     name = "entropy"
     description = "searches the range of least KL divergence (TensorRT-style), per end for asymmetric schemas"
 
-    def choose_range(
-        self, stats: TensorStats, *, bitwidth: int, schema: QuantizationSchema, options: CalibrationOptions
-    ) -> tuple[float, float]:
-        return self.choose_ranges([stats], bitwidth=bitwidth, schema=schema, options=options)[0]
-
     def choose_ranges(
         self,
         stats: Sequence[TensorStats],
