@@ -120,17 +120,21 @@ class TensorStats:
             self.min, self.max = lo, hi
             return
         hist = np.zeros(self.bins, dtype=np.int64)
-        if self.count and e == self.width_exp:  # the range grew downwards within the bin width: a shift
-            d = self.first_bin - first
-            hist[d:] = self.hist[: self.bins - d]
-        elif self.count:
-            shift = e - self.width_exp
-            old_first = self.first_bin
-            old_idx = np.nonzero(self.hist)[0]
-            new_idx = ((old_idx + old_first) >> shift) - first
-            np.add.at(hist, new_idx, self.hist[old_idx])
+        if self.count:
+            self._add_onto(hist, e, first)
         self.hist, self.width_exp, self.first_bin = hist, e, first
         self.min, self.max = lo, hi
+
+    def _add_onto(self, hist: np.ndarray, e: int, first: int) -> None:
+        """Add this histogram's counts to ``hist``, the bins of the grid of width 2**e from bin ``first``
+        (no finer than this one's, and covering this one's values): grids align, so each bin lands whole
+        in one bin of the coarser grid."""
+        if e == self.width_exp:  # the same width: the bins line up, shifted (the usual case)
+            d = self.first_bin - first
+            hist[d:] += self.hist[: self.bins - d]
+            return
+        idx = np.nonzero(self.hist)[0]
+        np.add.at(hist, ((idx + self.first_bin) >> (e - self.width_exp)) - first, self.hist[idx])
 
     def merge(self, other: TensorStats) -> TensorStats:
         """Statistics of both data sets together (neither input is changed)."""
@@ -152,12 +156,7 @@ class TensorStats:
         first = math.floor(lo / 2.0**e)
         hist = np.zeros(self.bins, dtype=np.int64)
         for p in parts:
-            if p.width_exp == e:  # the same bin width: the bins line up, shifted (the usual case)
-                d = p.first_bin - first
-                hist[d:] += p.hist[: self.bins - d]
-                continue
-            idx = np.nonzero(p.hist)[0]
-            np.add.at(hist, ((idx + p.first_bin) >> (e - p.width_exp)) - first, p.hist[idx])
+            p._add_onto(hist, e, first)
         out.count = sum(p.count for p in parts)
         out.min, out.max = lo, hi
         out.width_exp, out.first_bin, out.hist = e, first, hist
