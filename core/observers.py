@@ -316,6 +316,8 @@ class StatsGroup:
 
     def _rewrite(self, moved: np.ndarray) -> None:
         assert self._grids is not None
+        if not len(moved):  # (most samples, once ranges settle)
+            return
         lengths, scale, shift = self._grids
         ends = np.cumsum(lengths)
         for i in moved:
