@@ -8,7 +8,7 @@ import typer
 
 from opendlc import __version__
 from opendlc.cli.logging_options import HELP as LOG_HELP
-from opendlc.cli.runner import run
+from opendlc.cli.runner import run, typer_app
 from opendlc.errors import OpendlcError
 from opendlc.plugin_manager import get_plugin_manager
 
@@ -23,15 +23,7 @@ def _version(value: bool) -> None:
 
 def build_app() -> typer.Typer:
     """The root app with every plugin's subcommands added."""
-    app = typer.Typer(
-        name=PROG,
-        no_args_is_help=True,
-        add_completion=False,
-        pretty_exceptions_enable=False,
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
-        epilog="\b\n" + LOG_HELP,  # \b: keep the lines as written
-    )
+    app = typer_app(PROG, no_args_is_help=True, epilog="\b\n" + LOG_HELP)  # \b: keep the lines as written
 
     @app.callback()
     def root(

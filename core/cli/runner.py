@@ -6,6 +6,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -52,14 +53,21 @@ def run(invoke: Callable[[list[str]], object], prog: str, argv: list[str]) -> in
         return 1
 
 
-def run_command(command: Callable[..., object], prog: str, argv: list[str]) -> int:
-    """Run one typer ``command`` as the program ``prog`` (a drop-in SDK tool) on ``argv``."""
-    app = typer.Typer(
+def typer_app(prog: str, **settings: Any) -> typer.Typer:
+    """A typer app as every opendlc program makes it: -h/--help, plain help text, no shell completion,
+    errors left to :func:`run` (one line each)."""
+    return typer.Typer(
         name=prog,
         add_completion=False,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
+        **settings,
     )
+
+
+def run_command(command: Callable[..., object], prog: str, argv: list[str]) -> int:
+    """Run one typer ``command`` as the program ``prog`` (a drop-in SDK tool) on ``argv``."""
+    app = typer_app(prog)
     app.command(name=prog, epilog="\b\n" + LOG_HELP)(command)
     return run(lambda rest: app(args=rest, prog_name=prog, standalone_mode=False), prog, argv)
