@@ -7,7 +7,7 @@ for asymmetric encodings.  Zero is always exactly representable.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,13 +50,21 @@ class Encoding:
 
 
 class QuantizationSchema(ABC):
-    """Turns a range into an :class:`Encoding`.  Subclasses are registered through a plugin."""
+    """Turns a range into an :class:`Encoding`.  Subclasses are registered through a plugin.
+
+    A subclass implements :meth:`encode` (one range) or :meth:`encode_each` (many at once); each
+    defaults to the other.  :meth:`encode_many` gives the numbers alone, for range searches.
+    """
 
     name: str
     description: str
     symmetric: bool
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.encode is QuantizationSchema.encode and cls.encode_each is QuantizationSchema.encode_each:
+            raise TypeError(f"{cls.__name__} must implement encode or encode_each")
+
     def encode(
         self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> Encoding:
@@ -65,13 +73,13 @@ class QuantizationSchema(ABC):
         ``steps`` (from ``--restrict_quantization_steps``) gives the (qmin, qmax) integer range to use
         instead of the full range of the bitwidth; only symmetric schemas take it.
         """
+        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth, steps=steps)[0]
 
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:
-        """:meth:`encode` of each of many ranges (per-channel candidates come by the hundred).  This
-        default asks :meth:`encode` one range at a time; the built-in schemas build the encodings from
-        :meth:`encode_many` with :func:`encodings_of`, giving exactly the same encodings."""
+        """:meth:`encode` of each of many ranges (per-channel candidates come by the hundred).  The
+        built-in schemas build the encodings from :meth:`encode_many` with :func:`encodings_of`."""
         return [
             self.encode(a, b, bitwidth, steps=steps)
             for a, b in zip(np.ravel(lo).tolist(), np.ravel(hi).tolist(), strict=True)

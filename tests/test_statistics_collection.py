@@ -172,6 +172,10 @@ def test_a_schema_without_batched_encodings_encodes_each_range_alone() -> None:
 
     got = Halves().encode_each(np.array([-1.0, -2.0]), np.array([1.0, 3.0]), 8)
     assert got == [Encoding(8, 0.5, -2, -1.0, 1.0), Encoding(8, 0.5, -4, -2.0, 3.0)]
+    with pytest.raises(TypeError, match="encode or encode_each"):
+
+        class Nothing(QuantizationSchema):
+            name, description, symmetric = "nothing", "no encodings", False
 
 
 def test_subsample_strides_keep_at_most_about_the_budget() -> None:

@@ -20,11 +20,6 @@ class Asymmetric(QuantizationSchema):
     description = "unsigned integers over [min, max] including zero; offset = round(min / scale)"
     symmetric = False
 
-    def encode(
-        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
-    ) -> Encoding:
-        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth)[0]
-
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:

@@ -19,11 +19,6 @@ class Symmetric(QuantizationSchema):
     description = "signed integers, offset 0; scale = max(|min|, |max|) / (2^(b-1) - 1)"
     symmetric = True
 
-    def encode(
-        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
-    ) -> Encoding:
-        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth, steps=steps)[0]
-
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:

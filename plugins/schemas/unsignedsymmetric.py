@@ -21,11 +21,6 @@ class UnsignedSymmetric(QuantizationSchema):
     description = "non-negative data: unsigned integers over [0, max], offset 0; otherwise symmetric"
     symmetric = True
 
-    def encode(
-        self, lo: float, hi: float, bitwidth: int, *, steps: tuple[int, int] | None = None
-    ) -> Encoding:
-        return self.encode_each(np.array([lo]), np.array([hi]), bitwidth, steps=steps)[0]
-
     def encode_each(
         self, lo: np.ndarray, hi: np.ndarray, bitwidth: int, *, steps: tuple[int, int] | None = None
     ) -> list[Encoding]:
