@@ -236,7 +236,16 @@ def child(tool: str, model_name: str, method: str, n: int) -> None:
         secs = time.perf_counter() - t
     else:
         _, secs, _ = ort_quantize(model_name, cal, method=method)
-    print(json.dumps({"seconds": secs, "calibration_seconds": stages.get("calibration")}))
+    print(
+        json.dumps(
+            {
+                "seconds": secs,
+                "calibration_seconds": stages.get("calibration"),
+                "observing_seconds": stages.get("calibration: observing"),
+                "choosing_seconds": stages.get("calibration: choosing ranges"),
+            }
+        )
+    )
 
 
 def run_child(tool: str, model_name: str, method: str, n: int) -> dict:
@@ -259,6 +268,8 @@ def run_child(tool: str, model_name: str, method: str, n: int) -> dict:
         "rss_mb": round(rss_mb),
         "seconds": result["seconds"],
         "calibration_seconds": result.get("calibration_seconds"),
+        "observing_seconds": result.get("observing_seconds"),
+        "choosing_seconds": result.get("choosing_seconds"),
     }
 
 
@@ -324,9 +335,12 @@ def speed(
                 "samples": n,
                 "seconds": round(r["seconds"], 2),
                 "calibration_seconds": round(r["calibration_seconds"], 2),
-                "forward_seconds": round(fwd[n], 2),
+                "observing_seconds": round(r["observing_seconds"], 3),
+                "choosing_seconds": round(r["choosing_seconds"], 3),
+                "forward_seconds": round(fwd[n], 3),
                 "vs_forward": round(r["calibration_seconds"] / fwd[n], 2),
                 "more_samples": n_more,
+                "more_vs_forward": round(more["calibration_seconds"] / fwd[n_more], 2),
                 "marginal_vs_forward": round(
                     (more["calibration_seconds"] - r["calibration_seconds"]) / (fwd[n_more] - fwd[n]), 2
                 ),
@@ -522,31 +536,53 @@ def render_memory(rows: list[dict]) -> str:
     )
 
 
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
 def _speed_summary(rows: list[dict]) -> str:
-    """Per model, the histogram methods' ratios to the forward passes, against the <= 2x target."""
+    """Per model, the histogram methods' ratios to the forward passes, against the <= 2x target, and
+    where the time of the model with the largest ratio goes."""
     parts = []
     for model in dict.fromkeys(r["model"] for r in rows):
         hist = [r for r in rows if r["model"] == model and r["method"] != "min-max"]
         if not hist:
             continue
-        whole = [r["vs_forward"] for r in hist]
-        extra = [r["marginal_vs_forward"] for r in hist if "marginal_vs_forward" in r]
-        text = f"{model} {min(whole)}-{max(whole)}x"
-        if extra:
-            text += f" ({min(extra)}-{max(extra)}x per extra sample)"
+        text = f"{model} {_span([r['vs_forward'] for r in hist])}x at {hist[0]['samples']} samples"
+        if all("more_vs_forward" in r for r in hist):
+            text += f", {_span([r['more_vs_forward'] for r in hist])}x at {hist[0]['more_samples']}"
+        if all("marginal_vs_forward" in r for r in hist):
+            text += f" ({_span([r['marginal_vs_forward'] for r in hist])}x per extra sample)"
         parts.append(text)
+    out = "Histogram methods against the forward passes: " + "; ".join(parts) + "."
+    timed = [r for r in rows if "choosing_seconds" in r]
+    if timed:
+        worst = max(timed, key=lambda r: r["vs_forward"])
+        same = [r for r in timed if r["model"] == worst["model"]]
+        minmax = [r for r in same if r["method"] == "min-max"]
+        out += (
+            f" The largest ratio is {worst['model']} {worst['method']}'s: its {worst['samples']} forward "
+            f"passes take {worst['forward_seconds']} s, so the 2x budget is "
+            f"{round(2 * worst['forward_seconds'], 3)} s, against {worst['observing_seconds']} s observing "
+            f"(creating the statistics sessions, running the samples, binning their subsamples and merging)"
+            f" and {worst['choosing_seconds']} s choosing {worst['model']}'s activation ranges."
+        )
+        if minmax:
+            out += (
+                f" Observing min and max alone (min-max) takes {minmax[0]['observing_seconds']} s there;"
+                " choosing ranges takes "
+                + ", ".join(f"{r['method']} {r['choosing_seconds']} s" for r in same)
+                + "."
+            )
     return (
-        "Histogram methods against the forward passes: "
-        + "; ".join(parts)
-        + ". Calibration sessions run in onnxruntime's priority-based order, so each tensor's statistics "
+        out + " Calibration sessions run in onnxruntime's priority-based order, so each tensor's statistics "
         "are taken right after it is produced, while it is still in cache (docs/quantization-engine.md). "
-        "What remains beyond the forward pass is what observing costs: a fused kernel (Conv+HardSwish) "
+        "Beyond the forward pass, observing costs onnxruntime kernels: a fused kernel (Conv+HardSwish) "
         "must write out its intermediate tensor, and every observed tensor is read for its min, max and "
-        "subsample, which is then binned. On cls the 64 forward passes take 0.08-0.1 s, so the fixed "
-        "costs weigh most: creating the two statistics sessions (about 0.03 s, in parallel), merging their "
-        "statistics (0.01 s) and choosing 110 ranges (about 0.05 s for the searching methods sqnr, mse and "
-        "entropy, 0.01 s for percentile). percentile lands at about 2x; the searching methods stay above "
-        "2.5x at 64 samples, though each extra sample costs less than 1.4x its forward pass."
+        "subsample (a reduction or slice node each, plus a layout reorder after convolutions), which is "
+        "then binned; the creation of the statistics sessions and the range choice do not shrink with "
+        "the samples, so they weigh most on a small model with few samples."
     )
 
 
@@ -573,8 +609,11 @@ def render_speed(rows: list[dict]) -> str:
                     "samples",
                     "opendlc whole run s",
                     "of which calibration s",
+                    "observing s",
+                    "choosing ranges s",
                     "float forward passes s",
                     "calibration / forward",
+                    "calibration / forward at the second count",
                     "each extra sample: calibration / forward",
                     "ORT samples",
                     "ORT s",
@@ -589,8 +628,11 @@ def render_speed(rows: list[dict]) -> str:
                         r["samples"],
                         r["seconds"],
                         r.get("calibration_seconds"),
+                        r.get("observing_seconds"),
+                        r.get("choosing_seconds"),
                         r.get("forward_seconds"),
                         r["vs_forward"],
+                        (f"{r['more_vs_forward']} ({r['more_samples']})" if "more_vs_forward" in r else None),
                         (
                             f"{r['marginal_vs_forward']} ({r['samples']} to {r['more_samples']})"
                             if "marginal_vs_forward" in r

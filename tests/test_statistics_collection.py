@@ -264,6 +264,23 @@ def test_rearranged_tensors_take_their_inputs_encoding_without_being_observed() 
     assert y.encodings == m.encodings and y.source == "propagated" and m.source == "calibration"
 
 
+def test_quantization_records_how_calibration_time_splits() -> None:
+    from opendlc.container import Container
+    from opendlc.quant.api import quantize
+    from opendlc.quant.options import QuantizerOptions
+
+    q = quantize(
+        Container(conv_net()),
+        samples(4),
+        QuantizerOptions(target_backend="CPU", act_quantizer_calibration="mse"),
+        progress=False,
+    )
+    seconds = q.encodings.meta["seconds"]
+    observing, choosing = seconds["calibration: observing"], seconds["calibration: choosing ranges"]
+    assert observing > 0 and choosing > 0
+    assert observing + choosing == pytest.approx(seconds["calibration"], abs=0.002)  # (each rounded)
+
+
 def test_the_number_of_calibration_sessions_can_be_set(monkeypatch) -> None:
     from opendlc.errors import UsageError
     from opendlc.quant.calibrate import calibration_workers

@@ -120,10 +120,13 @@ def quantize(
             progress=progress,
         )
         n_samples = counted.count  # type: ignore[attr-defined]
+        observed = time.perf_counter()
         for enc in activation_encodings(stats, q).values():
             encodings.add(enc)
         propagate(model, encodings, rearranged, SAME_VALUES, backward=False)
         timings["calibration"] = time.perf_counter() - clock  # observing + choosing activation ranges
+        timings["calibration: observing"] = observed - clock
+        timings["calibration: choosing ranges"] = timings["calibration"] - timings["calibration: observing"]
         clock = time.perf_counter()
         for enc in parameter_encodings(plan, q).values():
             encodings.add(enc)
