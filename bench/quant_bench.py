@@ -598,7 +598,8 @@ def render_speed(rows: list[dict]) -> str:
             "memory: both tools then run on that count). opendlc's calibration runs one single-threaded "
             "session per core on whole samples (docs/quantization-engine.md); the forward passes run in one "
             'onnxruntime session with its default threads; all use the same 2 cores. "calibration" counts '
-            "building and loading the statistics model, the samples and choosing every activation range. "
+            "building and loading the statistics model and the samples (observing), and choosing every "
+            "activation range; quantize records both parts. "
             "Each opendlc and forward-pass time is the fastest of 3 runs, each in a fresh process; against "
             "ONNX Runtime, one run of each tool. "
             "Reproduce: `python bench/quant_bench.py speed --json s.json`.",
