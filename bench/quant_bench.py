@@ -65,14 +65,24 @@ for m in ("min-max", "sqnr", "percentile"):
             "use_per_channel_quantization": True,
             "apply_algorithms": algs,
         }
+# W8A16: with 16-bit activations the 8-bit weights carry most of the error, so the weight algorithms too
 for m in ("min-max", "sqnr"):
-    OURS[f"W8A16 per-channel bias32 {m}"] = {
-        "family": "W8A16",
-        "act_bitwidth": 16,
-        "bias_bitwidth": 32,
-        "use_per_channel_quantization": True,
-        "act_quantizer_calibration": m,
-    }
+    for algs in (
+        [],
+        ["cle"],
+        ["bias_correction"],
+        ["seq_mse"],
+        ["cle", "seq_mse"],
+        ["cle", "seq_mse", "bias_correction"],
+    ):
+        OURS[f"W8A16 per-channel bias32 {m}" + "".join(f" +{a}" for a in algs)] = {
+            "family": "W8A16",
+            "act_bitwidth": 16,
+            "bias_bitwidth": 32,
+            "use_per_channel_quantization": True,
+            "act_quantizer_calibration": m,
+            **({"apply_algorithms": algs} if algs else {}),
+        }
 
 
 def ours(
