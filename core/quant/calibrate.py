@@ -162,7 +162,7 @@ def statistics_model(
             made[key] = f"{_PREFIX}{name}"
         return made[key]
 
-    one1d, flat = const("one1d", np.array([1], dtype=np.int64)), const("flat", np.array([-1], dtype=np.int64))
+    flat = const("flat", np.array([-1], dtype=np.int64))
     nodes: list[onnx.NodeProto] = []
     mins, maxs, samples, sizes, lengths = [], [], [], [], []
     for i, t in enumerate(tensors):
@@ -192,7 +192,9 @@ def statistics_model(
                     "Div", [f"{p}size", const(f"{i}_budget", np.array(HISTOGRAM_SAMPLE))], [f"{p}q"]
                 ),
                 helper.make_node("Add", [f"{p}q", const(f"{i}_one", np.array(1))], [f"{p}step0"]),
-                helper.make_node("Reshape", [f"{p}step0", one1d], [step]),
+                helper.make_node(
+                    "Reshape", [f"{p}step0", const("one1d", np.array([1], dtype=np.int64))], [step]
+                ),
             ]
         nodes.append(
             helper.make_node(
