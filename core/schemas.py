@@ -151,12 +151,6 @@ def sanitize_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndar
     return lo, hi
 
 
-def symmetric_encoding(lo: float, hi: float, bitwidth: int, steps: tuple[int, int] | None) -> Encoding:
-    """The signed symmetric encoding of [lo, hi] (see :func:`symmetric_encodings`)."""
-    r = symmetric_encodings(np.array([lo]), np.array([hi]), bitwidth, steps)
-    return encodings_of(r, bitwidth, True, signed=True)[0]
-
-
 def symmetric_encodings(
     lo: np.ndarray, hi: np.ndarray, bitwidth: int, steps: tuple[int, int] | None
 ) -> EncodedRanges:
